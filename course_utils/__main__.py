@@ -1,0 +1,107 @@
+"""Command line: `python -m course_utils {run,bench,exercises,clean,prepare} ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import bench, notebooks, report
+
+
+def _log(message: str) -> None:
+    """Progress goes to stderr so stdout holds only the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Execute the notebooks and print a results table; 1 if any failed."""
+    results = bench.run_notebooks(args.root, args.only, args.fast, log=_log)
+    print(bench.results_table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Time every notebook in each mode and write results/benchmark.{json,md}; 1 if any failed."""
+    rows = bench.run_benchmark(args.root, args.only, args.modes, log=_log)
+    json_path, md_path = bench.write_benchmark(rows, bench.results_for(args.root))
+    print(bench.benchmark_table(rows))
+    _log(f"wrote {json_path} and {md_path}")
+    return 0 if all(row["ok"] for row in rows) else 1
+
+
+def _cmd_exercises(args: argparse.Namespace) -> int:
+    """Generate exercises/ from solutions/, or check that they are in sync."""
+    names = notebooks.generate_exercises(args.root, check=args.check)
+    if args.check and names:
+        print("exercises out of sync with solutions/ (run `python -m course_utils exercises`):")
+    for name in names:
+        print(f"  exercises/{name}" if args.check else f"wrote exercises/{name}")
+    return 1 if args.check and names else 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    """Strip outputs and metadata from every notebook, or check that they are clean."""
+    found = notebooks.clean_all(args.root, check=args.check)
+    if args.check and found:
+        print("notebooks not clean (run `python -m course_utils clean`):")
+    for line in found:
+        print(f"  {line}" if args.check else f"cleaned {line}")
+    return 1 if args.check and found else 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    """Fetch and extract the course assets (see course_utils.assets)."""
+    from .assets import prepare_cli
+
+    return prepare_cli(args.rest) or 0
+
+
+def _cmd_datacard(args: argparse.Namespace) -> int:
+    """Regenerate data/README.md from the data (see course_utils.datacard)."""
+    from . import datacard
+
+    datacard.write(args.root / "data" / "README.md")
+    print("wrote data/README.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subcommand per task."""
+    parser = argparse.ArgumentParser(prog="python -m course_utils", description=__doc__)
+    parser.add_argument("--root", type=Path, default=report.repo_root(), help="course checkout (default: this one)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="execute notebooks/NN_*.ipynb and print a results table")
+    run.add_argument("--fast", action="store_true", help="COURSE_FAST=1 (also on when COURSE_FAST=1 is set)")
+    bench_ = sub.add_parser("bench", help="time each notebook in fast and full mode, write results/benchmark.*")
+    bench_.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES))
+    for p in (run, bench_):
+        p.add_argument("--only", nargs="+", metavar="NN", help="two-digit notebook numbers, e.g. --only 00 03")
+    exercises = sub.add_parser("exercises", help="generate exercises/ from solutions/")
+    clean = sub.add_parser("clean", help="strip outputs and extra metadata from every notebook")
+    for p in (exercises, clean):
+        p.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
+    prepare = sub.add_parser("prepare", add_help=False, help="fetch and extract the offline assets (prepare --help)")
+    datacard = sub.add_parser("datacard", help="regenerate data/README.md from the data")
+    for p, handler in ((run, _cmd_run), (bench_, _cmd_bench), (exercises, _cmd_exercises),
+                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard)):
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, dispatch to the subcommand, return its exit code."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "prepare":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    try:
+        return args.handler(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

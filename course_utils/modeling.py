@@ -1,0 +1,345 @@
+"""Model utilities: load MiniLM offline, fine-tune with resumable safetensors checkpoints, predict (chapter 00).
+
+A run folder holds `best/` (the best epoch by validation accuracy, `save_pretrained` as safetensors),
+`state/` (weights, optimizer and RNG state for resuming, also safetensors + JSON: nothing is pickled),
+`history.json` and, once training finished, `done.json`. Every folder and file is written beside its
+target and renamed into place, so an interruption never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import assets, config
+from .data import Splits, subsample, write_json_atomic
+from .evaluation import EvalResult, classification_metrics, predictions_from_logits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning hyper-parameters; together with the data they key the cached checkpoint."""
+
+    max_length: int = 64
+    batch_size: int = 32
+    lr: float = 5e-5
+    epochs: int = 2
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    seed: int = 123
+    train_size: int | None = None
+    save_every: int = 50
+
+    def __post_init__(self) -> None:
+        checks = {"max_length": self.max_length, "batch_size": self.batch_size, "epochs": self.epochs,
+                  "save_every": self.save_every}
+        for name, value in checks.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"TrainConfig.lr must be in (0, 1), got {self.lr}; try 5e-5")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.train_size is not None and self.train_size <= 0:
+            raise ValueError(f"TrainConfig.train_size must be positive or None, got {self.train_size}")
+
+
+def model_source() -> str:
+    """Where the pretrained model comes from: the offline asset folder, or the hub id online."""
+    if config.mode() == "online":
+        return assets.ONLINE_MODEL_ID
+    return str(assets.model_dir())
+
+
+def load_tokenizer(source: str | Path | None = None):
+    """The MiniLM tokenizer (loaded with from_pretrained: transformers 5 ignores a bare vocab_file)."""
+    from transformers import AutoTokenizer
+
+    config.apply_mode()
+    return AutoTokenizer.from_pretrained(str(source or model_source()))
+
+
+def load_model(num_labels: int = 2, source: str | Path | None = None, **kwargs):
+    """A sequence classifier on the pretrained encoder (a fresh head unless `source` is fine-tuned)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if num_labels < 2:
+        raise ValueError(f"num_labels must be >= 2, got {num_labels}; a classifier needs two classes")
+    config.apply_mode()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the new head; the notebook explains it
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(source or model_source()), num_labels=num_labels, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def batches(frame: pd.DataFrame, tokenizer, batch_size: int, max_length: int,
+            order: np.ndarray | None = None) -> Iterator[dict]:
+    """Tokenised batches padded to their longest sentence: input_ids (B, T), attention_mask, labels (B,)."""
+    order = np.arange(len(frame)) if order is None else order
+    texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+        enc["labels"] = torch.as_tensor(labels[idx], dtype=torch.long)
+        yield dict(enc)
+
+
+def _epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's example order, reproducible from (seed, epoch) so a run can resume mid-epoch.
+
+    Length-grouped shuffling (as Hugging Face's `group_by_length`): shuffle, sort by length inside chunks of
+    50 batches, cut into batches, shuffle the batches. Similar lengths share a batch, so padding, and time
+    per step, roughly halve while every batch is still random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    mega = batch_size * 50
+    chunks = [c[np.argsort(-lengths[c], kind="stable")] for c in np.split(order, range(mega, len(order), mega))]
+    flat = np.concatenate(chunks)
+    full = len(flat) // batch_size
+    shuffled = flat[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([shuffled.ravel(), flat[full * batch_size:]])  # a short last batch stays last
+
+
+@torch.no_grad()
+def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> np.ndarray:
+    """Class probabilities (N, C) for raw strings; batches sorted by length for speed."""
+    if isinstance(texts, str):
+        raise ValueError("predict_proba takes a list of strings, got one string; wrap it: [text]")
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+        logits = model(**enc).logits  # (B, C)
+        out[idx] = torch.softmax(logits, dim=-1).numpy()
+    model.train(was_training)
+    return out
+
+
+def predict(model, tokenizer, texts: list[str], label_names: list[str] | None = None) -> list:
+    """Predicted labels for raw strings (names when label_names is given)."""
+    preds = predictions_from_logits(torch.as_tensor(predict_proba(model, tokenizer, texts))).tolist()
+    return [label_names[p] for p in preds] if label_names else preds
+
+
+def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_size: int = 64) -> EvalResult:
+    """Accuracy, macro F1, confusion matrix and probabilities on a labelled frame."""
+    probs = predict_proba(model, tokenizer, frame["text"].tolist(), batch_size, max_length)
+    return classification_metrics(frame["label"].to_numpy(), probs)
+
+
+def _save_dir_atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder beside `target`, then swap it in; the old copy survives until the swap."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}-old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_state(run_dir: Path, model, optimizer, progress: dict) -> None:
+    """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
+    from safetensors.torch import save_file
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+        opt = optimizer.state_dict()
+        tensors = {f"{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
+        tensors["rng"] = torch.get_rng_state()
+        save_file(tensors, folder / "optimizer.safetensors")
+        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+        (folder / "state.json").write_text(json.dumps({"progress": progress, "param_groups": groups}))
+
+    _save_dir_atomic(run_dir / "state", write)
+
+
+def _load_state(run_dir: Path, model, optimizer) -> dict:
+    """Restore what _save_state wrote and return the progress counters."""
+    from safetensors.torch import load_file
+
+    folder = run_dir / "state"
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    tensors = load_file(folder / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("rng"))
+    meta = json.loads((folder / "state.json").read_text())
+    state: dict = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta["progress"]
+
+
+def _make_scheduler(optimizer, cfg: TrainConfig, total_steps: int, done_steps: int):
+    """Linear warm-up then linear decay (the BERT recipe), positioned after `done_steps` steps."""
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return get_linear_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=done_steps - 1)
+
+
+def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, cfg: TrainConfig,
+          run_dir: Path, progress: bool = True, stop_after: int | None = None) -> list[dict]:
+    """Fine-tune with a progress bar, validate each epoch, keep the best checkpoint, resume if interrupted.
+
+    `stop_after` ends the run after that many optimizer steps (as a disconnect would), for the tests.
+    Returns the history: one dict per epoch with train loss, validation accuracy/F1 and seconds.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    lengths = train_frame["text"].str.len().to_numpy()
+    steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    torch.manual_seed(cfg.seed)
+    done = {"step": 0, "history": [], "best_accuracy": -1.0, "elapsed": 0.0, "loss_sum": 0.0}
+    if (run_dir / "state" / "state.json").exists():
+        done = _load_state(run_dir, model, optimizer)
+    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs, done["step"])
+    model.train()
+    start_time = time.perf_counter() - done["elapsed"]
+    bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=done["step"], disable=not progress,
+               desc="fine-tuning", unit="step")
+    while done["step"] < steps_per_epoch * cfg.epochs:
+        epoch, in_epoch = divmod(done["step"], steps_per_epoch)
+        order = _epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
+        for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order):
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            done["step"] += 1
+            done["loss_sum"] += loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            end_of_epoch = done["step"] % steps_per_epoch == 0
+            if end_of_epoch:
+                _end_epoch(model, tokenizer, val_frame, cfg, run_dir, done, epoch, steps_per_epoch, start_time)
+            if end_of_epoch or done["step"] % cfg.save_every == 0 or done["step"] == stop_after:
+                done["elapsed"] = time.perf_counter() - start_time
+                _save_state(run_dir, model, optimizer, done)
+            if done["step"] == stop_after:
+                bar.close()
+                return done["history"]
+            if end_of_epoch:
+                break
+    bar.close()
+    write_json_atomic(run_dir / "done.json", {"config": asdict(cfg), "history": done["history"]})
+    return done["history"]
+
+
+def _end_epoch(model, tokenizer, val_frame, cfg, run_dir: Path, done: dict, epoch: int,
+               steps_per_epoch: int, start_time: float) -> None:
+    """Validate, log the epoch in the history, and keep the best weights."""
+    result = evaluate(model, tokenizer, val_frame, cfg.max_length)
+    model.train()
+    row = {"epoch": epoch + 1, "step": done["step"], "train_loss": done["loss_sum"] / steps_per_epoch,
+           "val_accuracy": result.accuracy, "val_f1": result.f1,
+           "seconds": round(time.perf_counter() - start_time, 1)}
+    done["loss_sum"] = 0.0
+    done["history"].append(row)
+    write_json_atomic(run_dir / "history.json", done["history"])
+    if result.accuracy > done["best_accuracy"]:
+        done["best_accuracy"] = result.accuracy
+
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        _save_dir_atomic(run_dir / "best", write)
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned model with its tokenizer, training history and where it is cached."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    history: list[dict]
+    run_dir: Path
+    trained_now: bool
+    config: TrainConfig
+
+
+def checkpoint_key(cfg: TrainConfig, splits: Splits) -> str:
+    """Cache key: the training configuration, the data, and the pretrained model's identity."""
+    source = assets.ONLINE_MODEL_ID if config.mode() == "online" else assets.MODEL_SAFETENSORS_SHA256
+    payload = json.dumps({"cfg": asdict(cfg), "data": splits.fingerprint(), "model": source,
+                          "labels": splits.label_names}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = True,
+             retrain: bool | None = None) -> FineTuned:
+    """Fine-tune on the splits, or load the cached checkpoint with the same configuration and data."""
+    cfg = cfg or TrainConfig()
+    run_dir = config.cache_dir() / "checkpoints" / checkpoint_key(cfg, splits)
+    retrain = config.retrain_requested() if retrain is None else retrain
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    trained_now = not (run_dir / "done.json").exists()
+    if trained_now:
+        config.seed_everything(cfg.seed)
+        tokenizer = load_tokenizer()
+        model = load_model(num_labels=len(splits.label_names))
+        train_frame = subsample(splits.train, cfg.train_size, seed=cfg.seed)
+        train(model, tokenizer, train_frame, splits.validation, cfg, run_dir, progress)
+        shutil.rmtree(run_dir / "state", ignore_errors=True)
+    history = json.loads((run_dir / "done.json").read_text())["history"]
+    model = load_model(num_labels=len(splits.label_names), source=run_dir / "best")
+    model.eval()
+    return FineTuned(model, load_tokenizer(run_dir / "best"), history, run_dir, trained_now, cfg)
+
+
+def default_config(fast: bool | None = None) -> TrainConfig:
+    """The chapter-00 recipe (MiniLM, max length 64, batch 32, lr 5e-5); later chapters reuse its checkpoint.
+
+    Full mode trains 2 epochs on the whole train split; fast mode 2 epochs on 800 sentences.
+    """
+    fast = config.is_fast() if fast is None else fast
+    return TrainConfig(epochs=2, train_size=800) if fast else TrainConfig(epochs=2)
+
+
+def course_model(fast: bool | None = None, progress: bool = True) -> FineTuned:
+    """The course's fine-tuned classifier: cached after chapter 00, trained here if missing."""
+    from .data import course_splits
+
+    return finetune(course_splits(), default_config(fast), progress=progress)
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens per text including [CLS] and [SEP], without truncation."""
+    return [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]

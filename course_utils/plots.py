@@ -1,0 +1,63 @@
+"""Plots the notebooks share: training curves, confusion matrices, bar charts (chapter 00)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def training_curve(history: list[dict], ax=None):
+    """Train loss and validation accuracy per epoch, on two y axes."""
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("history is empty; train for at least one epoch first")
+    ax = ax or plt.subplots(figsize=(5, 3))[1]
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [row["train_loss"] for row in history], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss", color="tab:blue")
+    ax.set_xticks(epochs)
+    twin = ax.twinx()
+    twin.plot(epochs, [row["val_accuracy"] for row in history], "s--", color="tab:orange")
+    twin.set_ylabel("validation accuracy", color="tab:orange")
+    ax.set_title("Fine-tuning")
+    return ax
+
+
+def confusion(matrix: np.ndarray, label_names: list[str], ax=None, title: str = "Confusion matrix"):
+    """A confusion matrix with counts (scikit-learn's display)."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    ax = ax or plt.subplots(figsize=(3.6, 3.2))[1]
+    ConfusionMatrixDisplay(matrix, display_labels=label_names).plot(ax=ax, colorbar=False)
+    ax.set_title(title)
+    return ax
+
+
+def bars(values: dict[str, float], ax=None, title: str = "", ylabel: str = "accuracy", ref: float | None = None):
+    """A labelled bar chart, with an optional dashed reference line (for example chance level)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3))[1]
+    names = list(values)
+    bars_ = ax.bar(names, [values[n] for n in names], color="tab:blue")
+    ax.bar_label(bars_, fmt="%.3f")
+    if ref is not None:
+        ax.axhline(ref, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def histogram(values, bins: int = 30, ax=None, title: str = "", xlabel: str = "", mark: float | None = None):
+    """A histogram with an optional vertical marker (for example the chosen max length)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3))[1]
+    ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+    if mark is not None:
+        ax.axvline(mark, color="tab:red", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    return ax

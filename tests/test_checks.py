@@ -1,0 +1,66 @@
+"""Every exercise self-check passes on the reference solution and fails on the stub and on a wrong answer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from course_utils import checks, evaluation
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise: replace this line with your code")
+
+
+def test_cmp_reports_exact_and_approximate(capsys):
+    assert checks.cmp("same", [1.0, 2.0], [1.0, 2.0])
+    assert not checks.cmp("far", [1.0], [2.0])
+    assert "maxdiff" in capsys.readouterr().out
+
+
+def test_token_lengths_check(tokenizer):
+    checks.check_token_lengths(lambda tok, texts: [len(i) for i in tok(list(texts))["input_ids"]], tokenizer)
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_token_lengths(stub, tokenizer)
+    with pytest.raises(AssertionError, match="special tokens"):  # forgot [CLS]/[SEP]
+        checks.check_token_lengths(lambda tok, texts: [len(tok.tokenize(t)) for t in texts], tokenizer)
+
+
+def test_logits_check():
+    checks.check_logits_to_labels(evaluation.predictions_from_logits)
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_logits_to_labels(stub)
+    with pytest.raises(AssertionError, match="should raise ValueError"):
+        checks.check_logits_to_labels(lambda logits: logits.argmax(dim=-1))
+    with pytest.raises(AssertionError, match="wrong labels"):
+        checks.check_logits_to_labels(lambda logits: logits.argmax(dim=0))
+
+
+def test_macro_f1_check():
+    checks.check_macro_f1(lambda t, p: f1_score(t, p, average="macro", labels=[0, 1], zero_division=0))
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_macro_f1(stub)
+    with pytest.raises(AssertionError, match="expected"):
+        checks.check_macro_f1(lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p))))
+
+
+def test_recommend_check():
+    def reference(scores, min_count, k):
+        return evaluation.rank_items(scores, min_count=min_count, k=k)["movie_name"].tolist()
+
+    checks.check_recommend(reference)
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_recommend(stub)
+    with pytest.raises(AssertionError, match="fewer reviews"):  # ignores min_count
+        checks.check_recommend(lambda s, m, k: reference(s, 1, k))
+
+
+def test_confident_errors_check():
+    def reference(frame, probs, k):
+        return evaluation.confident_errors(frame, probs, k)["text"].tolist()
+
+    checks.check_confident_errors(reference)
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_confident_errors(stub)
+    with pytest.raises(AssertionError, match="highest first"):  # least confident first
+        checks.check_confident_errors(lambda f, p, k: reference(f, p, len(f))[::-1][:k])

@@ -1,0 +1,15 @@
+"""The committed data card matches what the data says today."""
+from __future__ import annotations
+
+from course_utils import config, datacard
+
+
+def test_data_card_is_current():
+    committed = (config.repo_root() / "data" / "README.md").read_text()
+    assert committed == datacard.render(), "run `python -m course_utils datacard` and commit data/README.md"
+
+
+def test_label_rule_agrees_with_other_labels_mostly():
+    agree = datacard.label_agreement()
+    assert 0.93 < agree["pang_lee"] < 0.99 and agree["pang_lee_n"] == 10568
+    assert 0.9 < agree["fresh"] <= 1.0 and agree["fresh_n"] > 9000

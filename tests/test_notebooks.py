@@ -1,0 +1,175 @@
+"""Tests for the notebook harness: exercises, cleaning and headless runs (tiny notebooks only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from course_utils import notebooks
+from course_utils.__main__ import main
+
+STUB = 'raise NotImplementedError("Exercise: replace this line with your code")'
+
+
+def solution_notebook() -> nbformat.NotebookNode:
+    """A small solution notebook exercising every marker."""
+    return new_notebook(cells=[
+        new_markdown_cell("# 00 · Fine-tuning — Solutions\n\nIntro."),
+        new_code_cell("import math\nx = 1"),
+        new_code_cell("# EXERCISE 0.3\ndef f(x):\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n"
+                      "    ### END SOLUTION\n\nprint(f(1))"),
+        new_code_cell("### BEGIN SOLUTION\nz = 2\n### END SOLUTION\nw = 3"),
+        new_markdown_cell("<!-- SOLUTION -->\nWhy the answer is 2."),
+        new_code_cell("print('only in solutions')", metadata={"tags": ["solution-only"]}),
+        new_markdown_cell("Done."),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                 "language_info": {"name": "python", "version": "3.11.0"}})
+
+
+def write_nb(path: Path, nb: nbformat.NotebookNode) -> Path:
+    """Write a notebook to disk and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_make_exercise_stubs_regions_at_marker_indentation() -> None:
+    exercise = notebooks.make_exercise(solution_notebook())
+    sources = [c.source for c in exercise.cells]
+    assert sources[2] == ('# EXERCISE 0.3\ndef f(x):\n'
+                          '    raise NotImplementedError("Exercise 0.3: replace this line with your code")\n'
+                          '\nprint(f(1))')
+    assert sources[3] == f"{STUB}\nw = 3"
+    assert sources[1] == "import math\nx = 1"
+
+
+def test_make_exercise_drops_solution_cells_and_retitles() -> None:
+    solution = solution_notebook()
+    exercise = notebooks.make_exercise(solution)
+    assert len(exercise.cells) == 5
+    assert not any("<!-- SOLUTION -->" in c.source or "only in solutions" in c.source for c in exercise.cells)
+    assert exercise.cells[0].source == "# 00 · Fine-tuning — Exercises\n\nIntro."
+    assert solution.cells[0].source.startswith("# 00 · Fine-tuning — Solutions")
+    assert "### BEGIN SOLUTION" in solution.cells[2].source
+
+
+@pytest.mark.parametrize("source", [
+    "### BEGIN SOLUTION\nx = 1",
+    "x = 1\n### END SOLUTION",
+    "### BEGIN SOLUTION\n  ### BEGIN SOLUTION\n### END SOLUTION",
+])
+def test_unbalanced_markers_name_the_cell(source: str) -> None:
+    nb = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell(source)])
+    with pytest.raises(ValueError, match=r"^cell 1: "):
+        notebooks.make_exercise(nb)
+
+
+def test_generate_exercises_round_trip(tmp_path: Path) -> None:
+    write_nb(tmp_path / "solutions" / "00_intro.ipynb", solution_notebook())
+    write_nb(tmp_path / "solutions" / "01_more.ipynb", new_notebook(cells=[new_code_cell("x = 1")]))
+    assert notebooks.generate_exercises(tmp_path) == ["00_intro.ipynb", "01_more.ipynb"]
+    assert notebooks.generate_exercises(tmp_path) == []
+    assert notebooks.generate_exercises(tmp_path, check=True) == []
+    text = (tmp_path / "exercises" / "00_intro.ipynb").read_text()
+    assert text.endswith("}\n") and '\n "cells": [\n' in text and "Exercise 0.3" in text
+    (tmp_path / "exercises" / "00_intro.ipynb").write_text(text.replace("Exercise 0.3", "Exercise 9.9"))
+    (tmp_path / "exercises" / "01_more.ipynb").unlink()
+    write_nb(tmp_path / "exercises" / "99_orphan.ipynb", new_notebook())
+    before = sorted(p.name for p in (tmp_path / "exercises").iterdir())
+    assert notebooks.generate_exercises(tmp_path, check=True) == ["00_intro.ipynb", "01_more.ipynb",
+                                                                  "99_orphan.ipynb"]
+    assert sorted(p.name for p in (tmp_path / "exercises").iterdir()) == before
+
+
+def test_missing_cell_ids_are_deterministic(tmp_path: Path) -> None:
+    data = {"cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}, "outputs": [],
+                       "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "00_a.ipynb").write_text(json.dumps(data))
+    notebooks.generate_exercises(tmp_path)
+    assert notebooks.generate_exercises(tmp_path, check=True) == []
+    assert notebooks.read_notebook(tmp_path / "solutions" / "00_a.ipynb").cells[0].id == "cell-0"
+
+
+def dirty_notebook() -> nbformat.NotebookNode:
+    """A notebook as saved after running it in Jupyter."""
+    nb = solution_notebook()
+    nb.metadata["widgets"] = {"state": {}}
+    cell = nb.cells[1]
+    cell.execution_count = 3
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    cell.metadata.update({"collapsed": True, "tags": []})
+    return nb
+
+
+def test_clean_notebook_strips_outputs_and_metadata() -> None:
+    dirty = dirty_notebook()
+    clean = notebooks.clean_notebook(dirty)
+    assert dict(clean.metadata) == {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                   "language": "python"}, "language_info": {"name": "python"}}
+    assert clean.cells[1].outputs == [] and clean.cells[1].execution_count is None
+    assert clean.cells[1].metadata == {}
+    assert clean.cells[5].metadata == {"tags": ["solution-only"]}
+    assert [c.id for c in clean.cells] == [c.id for c in dirty.cells]
+    assert dirty.cells[1].execution_count == 3 and "widgets" in dirty.metadata
+
+
+def test_notebook_problems_and_clean_all(tmp_path: Path) -> None:
+    path = write_nb(tmp_path / "notebooks" / "00_intro.ipynb", dirty_notebook())
+    problems = notebooks.notebook_problems(path)
+    assert problems == ["notebook metadata has extra keys ['widgets']",
+                        "notebook metadata language_info has extra keys ['version']",
+                        "cell 1: has 1 output(s)", "cell 1: execution_count is 3",
+                        "cell 1: extra metadata keys ['collapsed']", "cell 1: empty tags list"]
+    assert notebooks.clean_all(tmp_path, check=True)[0] == "notebooks/00_intro.ipynb: " + problems[0]
+    assert notebooks.clean_all(tmp_path) == ["notebooks/00_intro.ipynb"]
+    assert notebooks.clean_all(tmp_path, check=True) == []
+    assert notebooks.clean_all(tmp_path) == []
+
+
+def test_cli_exercises_and_clean_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_nb(tmp_path / "solutions" / "00_intro.ipynb", solution_notebook())
+    assert main(["--root", str(tmp_path), "exercises", "--check"]) == 1
+    assert "exercises/00_intro.ipynb" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path), "exercises"]) == 0
+    assert main(["--root", str(tmp_path), "exercises", "--check"]) == 0
+    assert main(["--root", str(tmp_path), "clean", "--check"]) == 1
+    assert main(["--root", str(tmp_path), "clean"]) == 0
+    assert main(["--root", str(tmp_path), "clean", "--check"]) == 0
+
+
+def test_run_notebook_env_figures_and_memory(tmp_path: Path) -> None:
+    path = write_nb(tmp_path / "nb" / "00_tiny.ipynb", new_notebook(cells=[
+        new_code_cell("import os\nprint('hello', os.environ['COURSE_TEST_FLAG'])"),
+        new_code_cell("from course_utils import report\n"
+                      "report.record('00_tiny', {'flag': os.environ['COURSE_TEST_FLAG'], 'acc': 0.5,"
+                      " 'cwd': os.getcwd()})"),
+    ]))
+    before = path.read_text()
+    results = tmp_path / "results"
+    executed = results / "executed" / "00_tiny.ipynb"
+    result = notebooks.run_notebook(path, env={"COURSE_TEST_FLAG": "on", "COURSE_RESULTS": str(results)},
+                                    timeout=120, executed_path=executed)
+    assert result.ok and result.error == ""
+    assert result.name == "00_tiny"
+    assert result.figures == {"flag": "on", "acc": 0.5, "cwd": str(path.parent)}
+    assert result.peak_rss_mb > 0 and result.wall_s > 0
+    assert path.read_text() == before
+    assert "hello on" in executed.read_text()
+
+
+def test_run_notebook_failure_is_one_line_naming_the_cell(tmp_path: Path) -> None:
+    path = write_nb(tmp_path / "01_broken.ipynb", new_notebook(cells=[
+        new_markdown_cell("# Broken"), new_code_cell("x = 1"), new_code_cell("raise ValueError('boom\\nsecond')"),
+        new_code_cell("print('never')"),
+    ]))
+    stale = tmp_path / "results" / "figures" / "01_broken.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"old": 1}\n')
+    result = notebooks.run_notebook(path, env={"COURSE_RESULTS": str(tmp_path / "results")}, timeout=120)
+    assert not result.ok
+    assert result.error == "cell 2: ValueError: boom second"
+    assert result.figures == {} and not stale.exists()
