@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,6 +25,9 @@ import torch
 from . import assets, config
 from .data import Splits, subsample, write_json_atomic
 from .evaluation import EvalResult, classification_metrics, predictions_from_logits
+
+
+CURVE_EVERY = 10  # steps per point of the training-loss curve
 
 
 @dataclass(frozen=True)
@@ -69,21 +73,32 @@ def load_tokenizer(source: str | Path | None = None):
     return AutoTokenizer.from_pretrained(str(source or model_source()))
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and its per-file progress bars (the notebook explains the new head)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(num_labels: int = 2, source: str | Path | None = None, **kwargs):
     """A sequence classifier on the pretrained encoder (a fresh head unless `source` is fine-tuned)."""
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     if num_labels < 2:
         raise ValueError(f"num_labels must be >= 2, got {num_labels}; a classifier needs two classes")
     config.apply_mode()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report lists the new head; the notebook explains it
-    try:
+    with quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
             str(source or model_source()), num_labels=num_labels, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -223,7 +238,8 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
     steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     torch.manual_seed(cfg.seed)
-    done = {"step": 0, "history": [], "best_accuracy": -1.0, "elapsed": 0.0, "loss_sum": 0.0}
+    done = {"step": 0, "history": [], "curve": [], "best_accuracy": -1.0, "elapsed": 0.0, "loss_sum": 0.0,
+            "recent": []}
     if (run_dir / "state" / "state.json").exists():
         done = _load_state(run_dir, model, optimizer)
     scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs, done["step"])
@@ -243,6 +259,10 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             optimizer.zero_grad()
             done["step"] += 1
             done["loss_sum"] += loss.item()
+            done["recent"].append(loss.item())
+            if len(done["recent"]) == CURVE_EVERY:
+                done["curve"].append([done["step"], sum(done["recent"]) / CURVE_EVERY])
+                done["recent"] = []
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             end_of_epoch = done["step"] % steps_per_epoch == 0
@@ -257,7 +277,8 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             if end_of_epoch:
                 break
     bar.close()
-    write_json_atomic(run_dir / "done.json", {"config": asdict(cfg), "history": done["history"]})
+    write_json_atomic(run_dir / "done.json", {"config": asdict(cfg), "history": done["history"],
+                                              "curve": done["curve"]})
     return done["history"]
 
 
@@ -276,8 +297,9 @@ def _end_epoch(model, tokenizer, val_frame, cfg, run_dir: Path, done: dict, epoc
         done["best_accuracy"] = result.accuracy
 
         def write(folder: Path) -> None:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+            with quiet_transformers():
+                model.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
 
         _save_dir_atomic(run_dir / "best", write)
 
@@ -289,6 +311,7 @@ class FineTuned:
     model: torch.nn.Module
     tokenizer: object
     history: list[dict]
+    curve: list[list[float]]
     run_dir: Path
     trained_now: bool
     config: TrainConfig
@@ -318,10 +341,11 @@ def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = Tr
         train_frame = subsample(splits.train, cfg.train_size, seed=cfg.seed)
         train(model, tokenizer, train_frame, splits.validation, cfg, run_dir, progress)
         shutil.rmtree(run_dir / "state", ignore_errors=True)
-    history = json.loads((run_dir / "done.json").read_text())["history"]
+    done = json.loads((run_dir / "done.json").read_text())
     model = load_model(num_labels=len(splits.label_names), source=run_dir / "best")
     model.eval()
-    return FineTuned(model, load_tokenizer(run_dir / "best"), history, run_dir, trained_now, cfg)
+    return FineTuned(model, load_tokenizer(run_dir / "best"), done["history"], done.get("curve", []), run_dir,
+                     trained_now, cfg)
 
 
 def default_config(fast: bool | None = None) -> TrainConfig:

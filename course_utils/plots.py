@@ -4,20 +4,26 @@ from __future__ import annotations
 import numpy as np
 
 
-def training_curve(history: list[dict], ax=None):
-    """Train loss and validation accuracy per epoch, on two y axes."""
+def training_curve(history: list[dict], curve: list[list[float]] | None = None, ax=None):
+    """Training loss (every few steps if `curve` is given, else per epoch) and validation accuracy per epoch."""
     import matplotlib.pyplot as plt
 
     if not history:
         raise ValueError("history is empty; train for at least one epoch first")
-    ax = ax or plt.subplots(figsize=(5, 3))[1]
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row["train_loss"] for row in history], "o-", color="tab:blue", label="train loss")
-    ax.set_xlabel("epoch")
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    if curve:
+        steps, losses = zip(*curve)
+        ax.plot(steps, losses, "-", color="tab:blue", label="train loss (mean of 10 steps)")
+    else:
+        ax.plot([row["step"] for row in history], [row["train_loss"] for row in history], "o-", color="tab:blue")
+    ax.set_xlabel("optimizer step")
     ax.set_ylabel("train loss", color="tab:blue")
-    ax.set_xticks(epochs)
     twin = ax.twinx()
-    twin.plot(epochs, [row["val_accuracy"] for row in history], "s--", color="tab:orange")
+    twin.plot([row["step"] for row in history], [row["val_accuracy"] for row in history], "s--",
+              color="tab:orange")
+    for row in history:
+        twin.annotate(f"epoch {row['epoch']}: {row['val_accuracy']:.3f}", (row["step"], row["val_accuracy"]),
+                      textcoords="offset points", xytext=(-60, -14), fontsize=8, color="tab:orange")
     twin.set_ylabel("validation accuracy", color="tab:orange")
     ax.set_title("Fine-tuning")
     return ax

@@ -6,7 +6,6 @@ import os
 import pytest
 
 os.environ.setdefault("COURSE_FAST", "1")  # the suite always runs the notebooks in fast mode
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 from course_utils import data, modeling
 
