@@ -30,24 +30,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(row["ok"] for row in rows) else 1
 
 
+def _report_sync(found: list[str], check: bool, problem: str, done: str) -> int:
+    """Print what a generate/clean step changed, or (check mode) what is out of date; exit code 1 if any."""
+    if check and found:
+        print(problem)
+    for line in found:
+        print(f"  {line}" if check else f"{done} {line}")
+    return 1 if check and found else 0
+
+
 def _cmd_exercises(args: argparse.Namespace) -> int:
     """Generate exercises/ from solutions/, or check that they are in sync."""
-    names = notebooks.generate_exercises(args.root, check=args.check)
-    if args.check and names:
-        print("exercises out of sync with solutions/ (run `python -m course_utils exercises`):")
-    for name in names:
-        print(f"  exercises/{name}" if args.check else f"wrote exercises/{name}")
-    return 1 if args.check and names else 0
+    names = [f"exercises/{name}" for name in notebooks.generate_exercises(args.root, check=args.check)]
+    return _report_sync(names, args.check, "exercises out of sync with solutions/ "
+                        "(run `python -m course_utils exercises`):", "wrote")
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
     """Strip outputs and metadata from every notebook, or check that they are clean."""
     found = notebooks.clean_all(args.root, check=args.check)
-    if args.check and found:
-        print("notebooks not clean (run `python -m course_utils clean`):")
-    for line in found:
-        print(f"  {line}" if args.check else f"cleaned {line}")
-    return 1 if args.check and found else 0
+    return _report_sync(found, args.check, "notebooks not clean (run `python -m course_utils clean`):", "cleaned")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
