@@ -16,7 +16,7 @@ from .notebooks import RunResult, run_notebook
 NOTEBOOK_RE = re.compile(r"^(?P<prefix>\d{2})_.+\.ipynb$")
 MODES = ("fast", "full")
 RUN_COLUMNS = ["notebook", "status", "wall_s", "peak_rss_mb", "figures"]
-BENCH_COLUMNS = ["notebook", "mode", "status", "wall_s", "peak_rss_mb", "figures"]
+BENCH_COLUMNS = ["notebook", "mode", "status", "wall_s", "peak_rss_mb", "date", "figures"]
 Log = Callable[[str], None]
 
 
@@ -120,7 +120,8 @@ def run_benchmark(root: Path, only: Sequence[str] | None = None, modes: Sequence
         for mode in modes:
             r = run_one(path, results, mode, retrain=True, tag=f".{mode}", log=log)
             rows.append({"notebook": r.name, "mode": mode, "ok": r.ok, "wall_s": r.wall_s,
-                         "peak_rss_mb": r.peak_rss_mb, "error": r.error, "figures": r.figures})
+                         "peak_rss_mb": r.peak_rss_mb, "error": r.error, "figures": r.figures,
+                         "date": datetime.now(timezone.utc).date().isoformat()})
     return rows
 
 
@@ -148,12 +149,22 @@ def benchmark_markdown(header: dict, rows: list[dict]) -> str:
     return f"# Notebook benchmark\n\n{machine}\n\n{benchmark_table(rows)}\n"
 
 
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of a partial run (`--only`) replace the same notebook and mode; other notebooks' rows are kept."""
+    fresh = {(row["notebook"], row["mode"]) for row in new}
+    kept = [row for row in old if (row["notebook"], row["mode"]) not in fresh]
+    order = {mode: i for i, mode in enumerate(MODES)}
+    return sorted(kept + new, key=lambda row: (row["notebook"], order.get(row["mode"], len(order))))
+
+
 def write_benchmark(rows: list[dict], directory: Path | None = None,
                     header: dict | None = None) -> tuple[Path, Path]:
-    """Atomically write benchmark.json and benchmark.md; their paths."""
+    """Atomically write benchmark.json and benchmark.md (merged with earlier rows); their paths."""
     directory = directory or report.results_dir()
     header = header or benchmark_header()
     json_path, md_path = directory / "benchmark.json", directory / "benchmark.md"
+    if json_path.exists():
+        rows = merge_rows(json.loads(json_path.read_text()).get("rows", []), rows)
     report.write_text_atomic(json_path, json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     report.write_text_atomic(md_path, benchmark_markdown(header, rows))
     return json_path, md_path

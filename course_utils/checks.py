@@ -124,3 +124,77 @@ def check_confident_errors(fn: Callable) -> None:
             f"Exercise 0.5: k={k}: expected {expected[:5]}..., got {got[:5]}...; keep rows where the argmax "
             "differs from the label, sort by the max probability, highest first")
     _passed("0.5", 3)
+
+
+# ---------------------------------------------------------------- chapter 01
+
+EMAIL_CASES = ["write to ana.lopez+news@mail.example.org today", "no address here", "two: a@b.co and c.d@e.io.",
+               "RT @someone: hi", "price $19.99 at 10:30", "mail karleem@anonymous now"]
+
+
+def check_redact_emails(fn: Callable) -> None:
+    """Exercise 1.1: e-mail addresses become [EMAIL], nothing else changes."""
+    from .cleaning import PII_PATTERNS
+
+    for text in EMAIL_CASES:
+        expected = PII_PATTERNS["EMAIL"].sub("[EMAIL]", text)
+        got = _call("1.1", fn, text)
+        assert got == expected, (f"Exercise 1.1: for {text!r} expected {expected!r}, got {got!r}; match a local "
+                                 "part, @, and a domain, and leave handles (@name after a space) alone")
+    _passed("1.1", len(EMAIL_CASES))
+
+
+def check_shingle_jaccard(fn: Callable) -> None:
+    """Exercise 1.2: Jaccard similarity of character k-gram sets of normalised text."""
+    from .dataprep import jaccard
+
+    pairs = [("A gorgeous, witty movie.", "a gorgeous witty movie"), ("Unwatchable.", "Unwatchable!"),
+             ("The best film of the year", "The worst film of the year"), ("abc", "xyz"), ("same", "same")]
+    for a, b in pairs:
+        for k in (3, 5):
+            expected, got = jaccard(a, b, k), float(_call("1.2", fn, a, b, k))
+            assert abs(got - expected) < 1e-9, (
+                f"Exercise 1.2: jaccard({a!r}, {b!r}, k={k}) expected {expected:.4f}, got {got:.4f}; normalise "
+                "with data.normalise first, then |A & B| / |A | B| of the k-gram sets")
+    _passed("1.2", 2 * len(pairs))
+
+
+def check_minmax_train_only(fn: Callable) -> None:
+    """Exercise 1.3: min-max scale test values with the training split's minimum and maximum."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        train, test = rng.normal(0, 2, 50), rng.normal(0.5, 2.5, 20)
+        expected = MinMaxScaler().fit(train.reshape(-1, 1)).transform(test.reshape(-1, 1)).ravel()
+        got = np.asarray(_call("1.3", fn, pd.Series(train), pd.Series(test)), dtype=float)
+        assert got.shape == expected.shape and np.allclose(got, expected), (
+            "Exercise 1.3: scale with the TRAINING min and max only; test values may fall outside [0, 1]")
+    _passed("1.3", 3)
+
+
+def check_random_swap(fn: Callable) -> None:
+    """Exercise 1.4: EDA's random swap keeps the words, changes their order, and is reproducible."""
+    text = "the quiet american is a handsome and intelligent film"
+    for n in (0, 1, 3):
+        a = _call("1.4", fn, text, np.random.default_rng(7), n)
+        b = fn(text, np.random.default_rng(7), n)
+        assert sorted(a.split()) == sorted(text.split()), "Exercise 1.4: a swap must keep exactly the same words"
+        assert a == b, "Exercise 1.4: use only the rng you are given, so the same seed gives the same result"
+        assert (a == text) == (n == 0) or n > 0 and a != text, f"Exercise 1.4: n={n} should change the order"
+    assert fn("one", np.random.default_rng(0), 2) == "one", "Exercise 1.4: a one-word text has nothing to swap"
+    _passed("1.4", 4)
+
+
+def check_group_split(fn: Callable) -> None:
+    """Exercise 1.5: no group on both sides, about the asked test share, reproducible."""
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"text": [f"s{i}" for i in range(300)], "label": rng.integers(0, 2, 300),
+                          "movie_name": rng.choice([f"m{i}" for i in range(40)], 300)})
+    train, test = _call("1.5", fn, frame, "movie_name", 0.2, 0)
+    assert not set(train["movie_name"]) & set(test["movie_name"]), "Exercise 1.5: a movie is on both sides"
+    assert len(train) + len(test) == len(frame), "Exercise 1.5: every row must land in train or test"
+    assert 0.1 < len(test) / len(frame) < 0.3, f"Exercise 1.5: test share {len(test) / len(frame):.2f}, asked 0.2"
+    again = fn(frame, "movie_name", 0.2, 0)[1]
+    assert list(again.index) == list(test.index), "Exercise 1.5: the same seed must give the same split"
+    _passed("1.5", 4)

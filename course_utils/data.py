@@ -1,7 +1,7 @@
 """Data: the four sentiment domains, the label rule, fixed movie splits, leakage checks, your own files (chapter 00).
 
 Label rule (one for all four domains): a sentence is positive (1) when the mean of its human ratings
-(-4..+4, at least 20 raters) is above 0, negative (0) when below 0; sentences rated exactly 0 are dropped
+(-4..+4, 15 or more raters) is above 0, negative (0) when below 0; sentences rated exactly 0 are dropped
 and counted. The data card (data/README.md) reports how often this agrees with the original
 Pang & Lee polarity and with the Rotten Tomatoes fresh/rotten label.
 """

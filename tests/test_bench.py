@@ -53,4 +53,16 @@ def test_write_benchmark(tmp_path: Path) -> None:
     json_path, md_path = bench.write_benchmark(rows, tmp_path)
     data = json.loads(json_path.read_text())
     assert data["rows"] == rows and {"date", "python", "torch", "cpu_count", "platform"} <= set(data["header"])
-    assert "| 00_a | fast | ok | 3.500 | 400.0 | acc=0.800 |" in md_path.read_text()
+    assert "| 00_a | fast | ok | 3.500 | 400.0 |  | acc=0.800 |" in md_path.read_text()
+
+
+def test_partial_benchmark_keeps_other_notebooks(tmp_path: Path) -> None:
+    def row(name: str, mode: str, wall: float) -> dict:
+        return {"notebook": name, "mode": mode, "ok": True, "wall_s": wall, "peak_rss_mb": 1.0, "error": "",
+                "figures": {}}
+
+    bench.write_benchmark([row("00_a", "fast", 1), row("00_a", "full", 2), row("01_b", "fast", 3)], tmp_path)
+    json_path, _ = bench.write_benchmark([row("01_b", "full", 4), row("01_b", "fast", 5)], tmp_path)
+    rows = json.loads(json_path.read_text())["rows"]
+    assert [(r["notebook"], r["mode"], r["wall_s"]) for r in rows] == [
+        ("00_a", "fast", 1), ("00_a", "full", 2), ("01_b", "fast", 5), ("01_b", "full", 4)]

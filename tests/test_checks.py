@@ -64,3 +64,33 @@ def test_confident_errors_check():
         checks.check_confident_errors(stub)
     with pytest.raises(AssertionError, match="highest first"):  # least confident first
         checks.check_confident_errors(lambda f, p, k: reference(f, p, len(f))[::-1][:k])
+
+
+def test_chapter_01_checks_pass_on_references_and_fail_on_stubs():
+    import re
+
+    from course_utils import cleaning, dataprep
+
+    checks.check_redact_emails(lambda t: cleaning.PII_PATTERNS["EMAIL"].sub("[EMAIL]", t))
+    checks.check_shingle_jaccard(dataprep.jaccard)
+    checks.check_minmax_train_only(lambda tr, te: ((te - tr.min()) / (tr.max() - tr.min())).to_numpy())
+    checks.check_random_swap(lambda t, rng, n: dataprep.random_swap(t, rng, n))
+
+    def group_split(frame, group, size, seed):
+        from sklearn.model_selection import GroupShuffleSplit
+        tr, te = next(GroupShuffleSplit(1, test_size=size, random_state=seed).split(frame, groups=frame[group]))
+        return frame.iloc[tr], frame.iloc[te]
+
+    checks.check_group_split(group_split)
+    for check in (checks.check_redact_emails, checks.check_shingle_jaccard, checks.check_minmax_train_only,
+                  checks.check_random_swap, checks.check_group_split):
+        with pytest.raises(AssertionError, match="not done yet"):
+            check(stub)
+    wrong = {checks.check_redact_emails: lambda t: re.sub(r"\S+@\S+", "[EMAIL]", t),        # eats handles too
+             checks.check_shingle_jaccard: lambda a, b, k: dataprep.jaccard(a.lower(), b.lower(), k + 1),
+             checks.check_minmax_train_only: lambda tr, te: ((te - te.min()) / (te.max() - te.min())).to_numpy(),
+             checks.check_random_swap: lambda t, rng, n: " ".join(sorted(t.split())),
+             checks.check_group_split: lambda f, g, s, seed: (f.iloc[:240], f.iloc[240:])}
+    for check, fn in wrong.items():
+        with pytest.raises(AssertionError):
+            check(fn)
