@@ -48,6 +48,7 @@ def bars(values: dict[str, float], ax=None, title: str = "", ylabel: str = "accu
     names = list(values)
     bars_ = ax.bar(names, [values[n] for n in names], color="tab:blue")
     ax.bar_label(bars_, fmt="%.3f")
+    ax.margins(y=0.12)
     if ref is not None:
         ax.axhline(ref, color="grey", linestyle="--", linewidth=1)
     ax.set_ylabel(ylabel)
