@@ -65,12 +65,30 @@ def model_source() -> str:
     return str(assets.model_dir())
 
 
+OFFLINE_MODELS = {"minilm": "model_dir"}
+
+
+def resolve_model(source: str | Path | None = None) -> str:
+    """A model folder or hub id: None is the course model, 'minilm' its offline copy, a folder itself.
+
+    Offline, anything else is refused with the valid names rather than left to wait on the hub.
+    """
+    if source is None:
+        return model_source()
+    if str(source) in OFFLINE_MODELS:
+        return str(getattr(assets, OFFLINE_MODELS[str(source)])())
+    if Path(source).is_dir() or config.mode() == "online":
+        return str(source)
+    raise ValueError(f"model {str(source)!r} is not available offline; use one of {sorted(OFFLINE_MODELS)} or a "
+                     "local folder, or set COURSE_MODE=online to load hub ids")
+
+
 def load_tokenizer(source: str | Path | None = None):
     """The MiniLM tokenizer (loaded with from_pretrained: transformers 5 ignores a bare vocab_file)."""
     from transformers import AutoTokenizer
 
     config.apply_mode()
-    return AutoTokenizer.from_pretrained(str(source or model_source()))
+    return AutoTokenizer.from_pretrained(resolve_model(source))
 
 
 @contextmanager
@@ -98,7 +116,7 @@ def load_model(num_labels: int = 2, source: str | Path | None = None, **kwargs):
     config.apply_mode()
     with quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
-            str(source or model_source()), num_labels=num_labels, **kwargs)
+            resolve_model(source), num_labels=num_labels, **kwargs)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

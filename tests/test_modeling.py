@@ -89,3 +89,12 @@ def test_model_loads_offline_with_the_published_size():
     assert model.classifier.out_features == 3
     with pytest.raises(ValueError, match="num_labels must be >= 2"):
         modeling.load_model(num_labels=1)
+
+
+def test_unknown_model_names_list_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("COURSE_MODE", "offline")
+    with pytest.raises(ValueError, match=r"not available offline; use one of \['minilm'\]"):
+        modeling.load_model(num_labels=2, source="bert-base-uncased")
+    assert modeling.resolve_model("minilm") == modeling.model_source()
+    monkeypatch.setenv("COURSE_MODE", "online")
+    assert modeling.resolve_model("bert-base-uncased") == "bert-base-uncased"
