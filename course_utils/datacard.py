@@ -31,9 +31,7 @@ def label_agreement() -> dict[str, float | int]:
     """How often the rating-sign rule agrees with Pang & Lee's polarity and with critics' fresh/rotten."""
     movie = data.load_domain("movie")
     pang_lee = (movie["id"].astype(int) <= PANG_LEE_LAST_POSITIVE_ID).astype(int)
-    reviews = data.load_rotten_tomatoes().assign(key=lambda f: f["text"].map(data.normalise))
-    fresh = reviews.drop_duplicates("key").set_index("key")["fresh"]
-    matched = movie.assign(key=movie["text"].map(data.normalise)).join(fresh, on="key", how="inner")
+    matched = data.match_rotten_tomatoes(movie, ["fresh"])
     return {"pang_lee": round(float((pang_lee == movie["label"]).mean()), 4), "pang_lee_n": len(movie),
             "fresh": round(float((matched["fresh"] == matched["label"]).mean()), 4), "fresh_n": len(matched)}
 

@@ -5,7 +5,6 @@ repeated over seeds on a laptop; the fine-tuned transformer reacts in the same d
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,11 +58,13 @@ def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: f
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     same = texts_b is None
     texts_b = texts_a if same else texts_b
+    hashes_b = minhashes(texts_b, num_perm)
+    hashes_a = hashes_b if same else minhashes(texts_a, num_perm)  # within one list: hash each text once
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for j, m in enumerate(minhashes(texts_b, num_perm)):
+    for j, m in enumerate(hashes_b):
         lsh.insert(j, m)
     rows = []
-    for i, m in enumerate(minhashes(texts_a, num_perm)):
+    for i, m in enumerate(hashes_a):
         for j in lsh.query(m):
             if not same or i < j:
                 rows.append((i, j, jaccard(texts_a[i], texts_b[j])))
@@ -177,9 +178,6 @@ def rating_regression(train: pd.DataFrame, test: pd.DataFrame, alpha: float = 1.
 # ---------------------------------------------------------------- augmentation
 
 
-_WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|[^\sA-Za-z]+")
-
-
 def random_swap(text: str, rng: np.random.Generator, n: int = 1) -> str:
     """EDA's random swap: exchange two words, n times."""
     words = text.split()
@@ -268,10 +266,7 @@ def augmentation_experiment(pool: pd.DataFrame, test: pd.DataFrame, augmenters: 
 
 def attach_movie_names(frame: pd.DataFrame) -> pd.DataFrame:
     """Movie names for movie sentences, matched by normalised text in the Rotten Tomatoes corpus (unmatched dropped)."""
-    reviews = data.load_rotten_tomatoes()
-    names = reviews.assign(key=reviews["text"].map(data.normalise)).drop_duplicates("key").set_index("key")
-    keyed = frame.assign(key=frame["text"].map(data.normalise))
-    return keyed.join(names["movie_name"], on="key", how="inner").drop(columns="key").reset_index(drop=True)
+    return data.match_rotten_tomatoes(frame, ["movie_name"])
 
 
 def split_comparison(frame: pd.DataFrame, group: str, seeds: tuple[int, ...] = (0, 1, 2),
@@ -294,10 +289,10 @@ def leave_one_domain_out(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Train on all domains but one, test on the held-out domain; beside a random split of the same pool."""
     from sklearn.model_selection import train_test_split
 
+    pool = pd.concat(frames.values(), ignore_index=True)
     rows = []
     for held_out, test in frames.items():
         train = pd.concat([f for name, f in frames.items() if name != held_out], ignore_index=True)
-        pool = pd.concat(frames.values(), ignore_index=True)
         rtrain, rtest = train_test_split(pool, test_size=len(test), random_state=0, stratify=pool["label"])
         rows.append({"held-out domain": held_out, "by domain": tfidf_baseline(train, test)[1].accuracy,
                      "random split": tfidf_baseline(rtrain, rtest[rtest["domain"] == held_out])[1].accuracy})

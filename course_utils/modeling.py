@@ -65,7 +65,7 @@ def model_source() -> str:
     return str(assets.model_dir())
 
 
-OFFLINE_MODELS = {"minilm": "model_dir"}
+OFFLINE_MODELS: dict[str, Callable[[], Path]] = {"minilm": assets.model_dir}
 
 
 def resolve_model(source: str | Path | None = None) -> str:
@@ -76,7 +76,7 @@ def resolve_model(source: str | Path | None = None) -> str:
     if source is None:
         return model_source()
     if str(source) in OFFLINE_MODELS:
-        return str(getattr(assets, OFFLINE_MODELS[str(source)])())
+        return str(OFFLINE_MODELS[str(source)]())
     if Path(source).is_dir() or config.mode() == "online":
         return str(source)
     raise ValueError(f"model {str(source)!r} is not available offline; use one of {sorted(OFFLINE_MODELS)} or a "
@@ -276,13 +276,14 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             scheduler.step()
             optimizer.zero_grad()
             done["step"] += 1
-            done["loss_sum"] += loss.item()
-            done["recent"].append(loss.item())
+            loss_value = loss.item()
+            done["loss_sum"] += loss_value
+            done["recent"].append(loss_value)
             if len(done["recent"]) == CURVE_EVERY:
                 done["curve"].append([done["step"], sum(done["recent"]) / CURVE_EVERY])
                 done["recent"] = []
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
             end_of_epoch = done["step"] % steps_per_epoch == 0
             if end_of_epoch:
                 _end_epoch(model, tokenizer, val_frame, cfg, run_dir, done, epoch, steps_per_epoch, start_time)
