@@ -137,7 +137,7 @@ def batches(frame: pd.DataFrame, tokenizer, batch_size: int, max_length: int,
         yield dict(enc)
 
 
-def _epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     """One epoch's example order, reproducible from (seed, epoch) so a run can resume mid-epoch.
 
     Length-grouped shuffling (as Hugging Face's `group_by_length`): shuffle, sort by length inside chunks of
@@ -267,7 +267,7 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
                desc="fine-tuning", unit="step")
     while done["step"] < steps_per_epoch * cfg.epochs:
         epoch, in_epoch = divmod(done["step"], steps_per_epoch)
-        order = _epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
+        order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
         for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order):
             loss = model(**batch).loss
             loss.backward()
