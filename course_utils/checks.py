@@ -6,6 +6,7 @@ Each check runs the learner's function on a few cases, compares it with the cour
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -198,3 +199,90 @@ def check_group_split(fn: Callable) -> None:
     again = fn(frame, "movie_name", 0.2, 0)[1]
     assert list(again.index) == list(test.index), "Exercise 1.5: the same seed must give the same split"
     _passed("1.5", 4)
+
+
+# ---------------------------------------------------------------- chapter 02
+
+def check_laplace_count(fn: Callable) -> None:
+    """Exercise 2.1: count + Laplace(sensitivity / epsilon) noise; epsilon <= 0 refused."""
+    for count, eps in [(120, 1.0), (7, 0.1), (0, 4.0)]:
+        rng = np.random.default_rng(0)
+        draws = np.array([_call("2.1", fn, count, eps, rng) for _ in range(20_000)], dtype=float)
+        assert abs(draws.mean() - count) < 0.05 * (1 / eps) * 10, (
+            f"Exercise 2.1: count={count}, epsilon={eps}: the noisy counts average {draws.mean():.2f}; the noise "
+            "must be centred on the true count")
+        expected_std = math.sqrt(2) / eps
+        assert abs(draws.std() / expected_std - 1) < 0.05, (
+            f"Exercise 2.1: epsilon={eps}: noise std {draws.std():.3f}, expected sqrt(2)/epsilon = "
+            f"{expected_std:.3f}; use rng.laplace(0, sensitivity / epsilon)")
+    try:
+        _call("2.1", fn, 10, 0.0, np.random.default_rng(0))
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("Exercise 2.1: epsilon=0 should raise ValueError (no finite noise gives 0-DP)")
+    _passed("2.1", 4)
+
+
+def check_clip_per_example(fn: Callable) -> None:
+    """Exercise 2.2: scale each example's whole gradient (all parameters together) to norm <= C."""
+    gen = torch.Generator().manual_seed(0)
+    per_sample = {"weight": torch.randn(6, 2, 4, generator=gen) * 3, "bias": torch.randn(6, 2, generator=gen)}
+    for clip in (0.5, 2.0, 100.0):
+        norms = torch.cat([g.flatten(1) for g in per_sample.values()], dim=1).norm(dim=1)  # (B,)
+        factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+        got = _call("2.2", fn, {k: v.clone() for k, v in per_sample.items()}, clip)
+        assert set(got) == set(per_sample), f"Exercise 2.2: return a dict with the keys {sorted(per_sample)}"
+        for name, g in per_sample.items():
+            expected = g * factor.view(-1, *([1] * (g.dim() - 1)))
+            assert got[name].shape == g.shape, (
+                f"Exercise 2.2: {name} should keep shape {tuple(g.shape)} (one clipped gradient per example), got "
+                f"{tuple(got[name].shape)}")
+            assert torch.allclose(got[name], expected, atol=1e-5), (
+                f"Exercise 2.2: clip={clip}: {name} differs; the norm is over all parameters of one example "
+                "together, and the factor is min(1, C / (norm + 1e-6))")
+    _passed("2.2", 3)
+
+
+def check_gaussian_epsilon(fn: Callable) -> None:
+    """Exercise 2.3: epsilon of `steps` full-batch Gaussian steps by RDP composition and conversion."""
+    from .privacy import epsilon_after
+
+    for sigma, steps, delta in [(1.0, 1, 1e-5), (4.0, 100, 1e-5), (10.0, 1000, 1e-6)]:
+        expected = epsilon_after(1.0, sigma, steps, delta)
+        got = float(_call("2.3", fn, sigma, steps, delta))
+        assert abs(got / expected - 1) < 0.01, (
+            f"Exercise 2.3: sigma={sigma}, steps={steps}, delta={delta}: expected {expected:.4f}, got {got:.4f}; "
+            "RDP adds up over steps (steps * alpha / (2 sigma^2)); convert each order and take the minimum")
+    _passed("2.3", 3)
+
+
+def check_attack_auc(fn: Callable) -> None:
+    """Exercise 2.4: the loss attack's AUC as the share of (member, non-member) pairs it orders correctly."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    cases = [(rng.exponential(0.3, 200), rng.exponential(0.5, 150)), (np.array([0.1, 0.2, 0.2]), np.array([0.2, 0.9])),
+             (rng.exponential(1.0, 50), rng.exponential(1.0, 60))]
+    for members, nonmembers in cases:
+        expected = roc_auc_score(np.r_[np.ones(len(members)), np.zeros(len(nonmembers))], -np.r_[members, nonmembers])
+        got = float(_call("2.4", fn, members.copy(), nonmembers.copy()))
+        assert abs(got - expected) < 1e-9, (
+            f"Exercise 2.4: expected AUC {expected:.4f}, got {got:.4f}; count pairs where the member's loss is "
+            "lower, ties count one half")
+    _passed("2.4", 3)
+
+
+def check_exposure(fn: Callable) -> None:
+    """Exercise 2.5: exposure = log2(N) - log2(rank), rank 1 for the lowest loss."""
+    from .audit import exposure
+
+    rng = np.random.default_rng(5)
+    losses = rng.exponential(1.0, 256)
+    for i in (int(np.argmin(losses)), int(np.argmax(losses)), 17):
+        expected = exposure(losses[i], losses)
+        got = float(_call("2.5", fn, float(losses[i]), losses.copy()))
+        assert abs(got - expected) < 1e-9, (
+            f"Exercise 2.5: expected {expected:.3f} bits, got {got:.3f}; rank = 1 + how many candidates have a "
+            "strictly lower loss")
+    _passed("2.5", 3)

@@ -377,10 +377,14 @@ def default_config(fast: bool | None = None) -> TrainConfig:
 
 
 def course_model(fast: bool | None = None, progress: bool = True) -> FineTuned:
-    """The course's fine-tuned classifier: cached after chapter 00, trained here if missing."""
+    """The course's fine-tuned classifier: cached after chapter 00, trained here if missing.
+
+    Later chapters load it; COURSE_RETRAIN=1 rebuilds their own runs but never this shared checkpoint (chapter
+    00 rebuilds it through `finetune`).
+    """
     from .data import course_splits
 
-    return finetune(course_splits(), default_config(fast), progress=progress)
+    return finetune(course_splits(), default_config(fast), progress=progress, retrain=False)
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:

@@ -291,7 +291,14 @@ def noise_for_epsilon(target_eps: float, q: float, steps: int, delta: float) -> 
 
 # ---------------------------------------------------------------------------------------------- DP-SGD
 
-def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: torch.Tensor,
+Inputs = "torch.Tensor | tuple[torch.Tensor, ...]"  # one input tensor, or several (e.g. hidden states and a mask)
+
+
+def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
                      batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Gradient of each example's own loss: {name: (B, *param.shape)} via torch.func vmap(grad) (chapter 02)."""
     from torch.func import functional_call, grad, vmap
@@ -299,11 +306,12 @@ def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: to
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
-    def one_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, buffers), (x.unsqueeze(0),))  # (1, C): a batch of one
+    def one_loss(p: dict, x: tuple, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, buffers), tuple(t.unsqueeze(0) for t in x))  # a batch of one
         return loss_fn(out, y.unsqueeze(0))
 
-    return vmap(grad(one_loss), in_dims=(None, 0, 0), randomness="different")(params, batch_inputs, batch_labels)
+    return vmap(grad(one_loss), in_dims=(None, 0, 0), randomness="different")(params, _as_tuple(batch_inputs),
+                                                                              batch_labels)
 
 
 def clip_and_noise(per_sample: dict[str, torch.Tensor], clip_norm: float, noise_multiplier: float,
@@ -333,7 +341,7 @@ def clip_and_noise(per_sample: dict[str, torch.Tensor], clip_norm: float, noise_
 
 
 def dp_sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-                batch_inputs: torch.Tensor, batch_labels: torch.Tensor, clip_norm: float,
+                batch_inputs: Inputs, batch_labels: torch.Tensor, clip_norm: float,
                 noise_multiplier: float, generator: torch.Generator | None = None,
                 expected_batch_size: int | None = None) -> float:
     """One DP-SGD step: per-sample grads, clip, noise, average into p.grad, step; returns the new loss (chapter 02)."""
@@ -345,21 +353,22 @@ def dp_sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
             p.grad = noisy[name].to(p.dtype)
     optimizer.step()
     with torch.no_grad():
-        return float(loss_fn(model(batch_inputs), batch_labels))  # loss after the step
+        return float(loss_fn(model(*_as_tuple(batch_inputs)), batch_labels))  # loss after the step
 
 
-def naive_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: torch.Tensor,
+def naive_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
                            batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample gradients the slow way: one backward pass per example (chapter 02)."""
     names = [k for k, v in model.named_parameters() if v.requires_grad]
+    inputs = _as_tuple(batch_inputs)
     rows = []
-    for x, y in zip(batch_inputs, batch_labels):
-        loss = loss_fn(model(x.unsqueeze(0)), y.unsqueeze(0))
+    for i, y in enumerate(batch_labels):
+        loss = loss_fn(model(*(t[i:i + 1] for t in inputs)), y.unsqueeze(0))
         rows.append(torch.autograd.grad(loss, [p for _, p in model.named_parameters() if p.requires_grad]))
     return {name: torch.stack([row[i] for row in rows]) for i, name in enumerate(names)}  # (B, *shape)
 
 
-def opacus_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: torch.Tensor,
+def opacus_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
                             batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample gradients from Opacus's GradSampleModule hooks, on a copy of the model (chapter 02)."""
     from opacus import GradSampleModule
@@ -367,23 +376,53 @@ def opacus_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inp
     wrapped = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
     with warnings.catch_warnings():  # torch notes the hook fires on module outputs when inputs are token ids
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        loss_fn(wrapped(batch_inputs), batch_labels).backward()  # loss_fn must average over the batch
+        loss_fn(wrapped(*_as_tuple(batch_inputs)), batch_labels).backward()  # loss_fn must average over the batch
     out = {name.removeprefix("_module."): p.grad_sample.detach()
            for name, p in wrapped.named_parameters() if p.requires_grad}
     wrapped.remove_hooks()
     return out
 
 
-def time_per_sample_grads(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], repeats: int = 3,
-                          loss_fn: Callable | None = None) -> dict[str, float]:
+def opacus_clipped_grads(model: torch.nn.Module, inputs: Inputs, labels: torch.Tensor, clip_norm: float,
+                         noise_multiplier: float = 0.0, generator: torch.Generator | None = None,
+                         loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Opacus's clipped (and noised) average gradient for one batch: GradSampleModule + DPOptimizer.pre_step.
+
+    The library counterpart of `clip_and_noise(per_sample_grads(...))`, on a copy of the model (chapter 02).
+    """
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    clip_norm, noise_multiplier = check_clip_norm(clip_norm), check_noise_multiplier(noise_multiplier)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    wrapped = GradSampleModule(copy.deepcopy(model))
+    optimizer = DPOptimizer(torch.optim.SGD(wrapped.parameters(), lr=0.0), noise_multiplier=noise_multiplier,
+                            max_grad_norm=clip_norm, expected_batch_size=len(labels), generator=generator)
+    optimizer.zero_grad()
+    with warnings.catch_warnings():  # torch notes its backward hook fires on module outputs (integer inputs)
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss_fn(wrapped(*_as_tuple(inputs)), labels).backward()
+    optimizer.pre_step()
+    out = {name.removeprefix("_module."): p.grad.detach().clone()
+           for name, p in wrapped.named_parameters() if p.requires_grad}
+    wrapped.remove_hooks()
+    return out
+
+
+def time_per_sample_grads(model: torch.nn.Module, batch: tuple, repeats: int = 3,
+                          loss_fn: Callable | None = None,
+                          methods: Sequence[str] = ("naive_loop_s", "torch_func_s", "opacus_s")) -> dict[str, float]:
     """Best-of-`repeats` seconds for per-sample grads: naive loop, torch.func, Opacus GradSampleModule (chapter 02)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}; try 3")
+    known = {"naive_loop_s": naive_per_sample_grads, "torch_func_s": per_sample_grads,
+             "opacus_s": opacus_per_sample_grads}
+    if not methods or set(methods) - set(known):
+        raise ValueError(f"methods must be a non-empty subset of {sorted(known)}, got {list(methods)}")
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     inputs, labels = batch
     times = {}
-    for label, fn in [("naive_loop_s", naive_per_sample_grads), ("torch_func_s", per_sample_grads),
-                      ("opacus_s", opacus_per_sample_grads)]:
+    for label, fn in [(m, known[m]) for m in methods]:
         best = math.inf
         for _ in range(repeats):
             start = time.perf_counter()

@@ -94,3 +94,42 @@ def test_chapter_01_checks_pass_on_references_and_fail_on_stubs():
     for check, fn in wrong.items():
         with pytest.raises(AssertionError):
             check(fn)
+
+
+def test_chapter_02_checks_pass_on_references_and_fail_on_stubs_and_wrong_answers():
+    import math
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from course_utils import audit, privacy
+
+    def laplace(count, eps, rng):
+        if eps <= 0:
+            raise ValueError("epsilon must be > 0")
+        return count + rng.laplace(0.0, 1.0 / eps)
+
+    def clip(per_sample, c):
+        norms = torch.cat([g.flatten(1) for g in per_sample.values()], 1).norm(dim=1)
+        f = (c / (norms + 1e-6)).clamp(max=1.0)
+        return {k: g * f.view(-1, *([1] * (g.dim() - 1))) for k, g in per_sample.items()}
+
+    def auc(m, n):
+        return roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(n))], -np.r_[m, n])
+
+    references = {checks.check_laplace_count: laplace, checks.check_clip_per_example: clip,
+                  checks.check_gaussian_epsilon: lambda s, k, d: privacy.epsilon_after(1.0, s, k, d),
+                  checks.check_attack_auc: auc, checks.check_exposure: audit.exposure}
+    wrong = {checks.check_laplace_count: lambda c, e, rng: c + rng.laplace(0.0, e) if e > 0 else 1 / 0,
+             checks.check_clip_per_example: lambda p, c: {k: g * (c / (g.flatten(1).norm(dim=1) + 1e-6)).clamp(max=1)
+                                                          .view(-1, *([1] * (g.dim() - 1))) for k, g in p.items()},
+             checks.check_gaussian_epsilon: lambda s, k, d: min(k * a / (2 * s * s) + math.log(1 / d) / (a - 1)
+                                                                for a in privacy.DEFAULT_ORDERS) * 1.5,
+             checks.check_attack_auc: lambda m, n: 1 - auc(m, n),
+             checks.check_exposure: lambda c, l: math.log2(len(l)) - math.log2(max(1, int((np.asarray(l) < c).sum())))}
+    for check, fn in references.items():
+        check(fn)
+        with pytest.raises(AssertionError, match="not done yet"):
+            check(stub)
+        with pytest.raises((AssertionError, ZeroDivisionError)):
+            check(wrong[check])

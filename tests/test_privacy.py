@@ -34,22 +34,6 @@ def tiny_batch() -> tuple[Tiny, torch.Tensor, torch.Tensor]:
     return Tiny(), torch.randint(0, 20, (16, 5)), torch.randint(0, 3, (16,))
 
 
-def _opacus_noise_free_grads(model, inputs, labels, clip_norm, noise_multiplier=0.0, generator=None) -> dict:
-    """Opacus's clipped (noised) averaged gradients: GradSampleModule + DPOptimizer, one pre_step."""
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
-    wrapped = GradSampleModule(copy.deepcopy(model))
-    optimizer = DPOptimizer(torch.optim.SGD(wrapped.parameters(), lr=0.0), noise_multiplier=noise_multiplier,
-                            max_grad_norm=clip_norm, expected_batch_size=len(inputs), generator=generator)
-    optimizer.zero_grad()
-    with warnings.catch_warnings():  # torch notes its backward hook fires on module outputs (integer inputs)
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        torch.nn.functional.cross_entropy(wrapped(inputs), labels).backward()
-    optimizer.pre_step()
-    return {name.removeprefix("_module."): p.grad.detach().clone() for name, p in wrapped.named_parameters()}
-
-
 # ---------------------------------------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("check, bad", [
@@ -196,7 +180,7 @@ def test_clipped_gradients_equal_opacus(tiny_batch) -> None:
     clip_norm = 0.5  # below every per-sample norm here, so clipping is active
     per_sample = privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, inputs, labels)
     mine = privacy.clip_and_noise(per_sample, clip_norm, 0.0)
-    reference = _opacus_noise_free_grads(model, inputs, labels, clip_norm)
+    reference = privacy.opacus_clipped_grads(model, inputs, labels, clip_norm)
     assert max((mine[name] - reference[name]).abs().max().item() for name in mine) < 1e-5
     total = torch.cat([g.flatten() for g in mine.values()]).norm()
     assert total <= clip_norm + 1e-6  # an average of vectors of norm <= C
@@ -206,7 +190,7 @@ def test_noisy_gradients_equal_opacus_with_the_same_generator(tiny_batch) -> Non
     model, inputs, labels = tiny_batch
     per_sample = privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, inputs, labels)
     mine = privacy.clip_and_noise(per_sample, 0.5, 1.3, torch.Generator().manual_seed(7))
-    reference = _opacus_noise_free_grads(model, inputs, labels, 0.5, 1.3, torch.Generator().manual_seed(7))
+    reference = privacy.opacus_clipped_grads(model, inputs, labels, 0.5, 1.3, torch.Generator().manual_seed(7))
     assert max((mine[name] - reference[name]).abs().max().item() for name in mine) < 1e-5
 
 
