@@ -336,10 +336,14 @@ class FineTuned:
     config: TrainConfig
 
 
+def pretrained_identity() -> str:
+    """What identifies the pretrained weights in cache keys: the hub id online, the safetensors sha256 offline."""
+    return assets.ONLINE_MODEL_ID if config.mode() == "online" else assets.MODEL_SAFETENSORS_SHA256
+
+
 def checkpoint_key(cfg: TrainConfig, splits: Splits) -> str:
     """Cache key: the training configuration, the data, and the pretrained model's identity."""
-    source = assets.ONLINE_MODEL_ID if config.mode() == "online" else assets.MODEL_SAFETENSORS_SHA256
-    payload = json.dumps({"cfg": asdict(cfg), "data": splits.fingerprint(), "model": source,
+    payload = json.dumps({"cfg": asdict(cfg), "data": splits.fingerprint(), "model": pretrained_identity(),
                           "labels": splits.label_names}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import assets, config, privacy
+from . import config, privacy
 
 HIDDEN = 384          # MiniLM-L6's width
 NUM_LAYERS = 6        # its transformer blocks
@@ -94,6 +94,14 @@ def _check_frozen_layers(frozen_layers: int) -> int:
     return frozen_layers
 
 
+def _check_lora_rank(lora_rank: int, frozen_layers: int) -> int:
+    if not isinstance(lora_rank, int) or lora_rank < 0:
+        raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}; 0 trains the blocks fully")
+    if lora_rank and frozen_layers == NUM_LAYERS:
+        raise ValueError("lora_rank needs at least one block on top to adapt; use frozen_layers=5 with LoRA")
+    return lora_rank
+
+
 def extended_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask: 0 where attended, a very negative number on padding."""
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -145,8 +153,9 @@ def features_key(texts: list[str], labels, frozen_layers: int, max_length: int =
     digest = hashlib.sha256()
     for text, label in zip(texts, np.asarray(labels).tolist()):
         digest.update(f"{label}\t{text}\n".encode())
-    source = assets.ONLINE_MODEL_ID if config.mode() == "online" else assets.MODEL_SAFETENSORS_SHA256
-    digest.update(json.dumps([frozen_layers, max_length, source]).encode())
+    from .modeling import pretrained_identity
+
+    digest.update(json.dumps([frozen_layers, max_length, pretrained_identity()]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -191,10 +200,7 @@ class TopClassifier(torch.nn.Module):
         from .modeling import load_model
 
         frozen_layers = _check_frozen_layers(frozen_layers)
-        if not isinstance(lora_rank, int) or lora_rank < 0:
-            raise ValueError(f"lora_rank must be a non-negative integer, got {lora_rank!r}; 0 trains the blocks fully")
-        if lora_rank and frozen_layers == NUM_LAYERS:
-            raise ValueError("lora_rank needs at least one block on top; lower frozen_layers (e.g. 5)")
+        _check_lora_rank(lora_rank, frozen_layers)
         encoder = encoder or load_model().bert
         torch.manual_seed(seed)
         model = cls([copy.deepcopy(b) for b in encoder.encoder.layer[frozen_layers:]], **kwargs)
@@ -267,17 +273,13 @@ class DPConfig:
         if self.delta is not None:
             privacy.check_delta(self.delta)
         privacy.check_clip_norm(self.clip_norm)
-        _check_frozen_layers(self.frozen_layers)
+        _check_lora_rank(self.lora_rank, _check_frozen_layers(self.frozen_layers))
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"DPConfig.{name} must be a positive integer, got {value!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"DPConfig.lr must be in (0, 1), got {self.lr}; try 1e-3")
-        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
-            raise ValueError(f"DPConfig.lora_rank must be a non-negative integer, got {self.lora_rank!r}")
-        if self.lora_rank and self.frozen_layers == NUM_LAYERS:
-            raise ValueError("DPConfig.lora_rank needs a block to adapt; use frozen_layers=5 with LoRA")
         if self.accountant not in ("rdp", "prv"):
             raise ValueError(f"DPConfig.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
 
@@ -434,13 +436,13 @@ def canary_exposures(model: torch.nn.Module, candidates: Features, candidate_cod
     from .audit import exposure
 
     codes = list(candidate_codes)
-    out = []
-    for code, label in zip(canaries["code"], canaries["label"]):
-        if code not in codes:
-            raise ValueError(f"canary {code!r} is not among the candidates; draw both with audit.make_canaries")
-        losses = per_example_loss(model, candidates, labels=np.full(len(candidates), int(label)))
-        out.append(exposure(losses[codes.index(code)], losses))
-    return np.array(out)
+    missing = [code for code in canaries["code"] if code not in codes]
+    if missing:
+        raise ValueError(f"canary {missing[0]!r} is not among the candidates; draw both with audit.make_canaries")
+    # every candidate's loss under label y is -log softmax(logits)[:, y]: one forward pass serves all canaries
+    neg_log_probs = -torch.log_softmax(torch.as_tensor(predict_logits(model, candidates)), dim=1).numpy()  # (N, C)
+    return np.array([exposure(neg_log_probs[codes.index(code), int(label)], neg_log_probs[:, int(label)])
+                     for code, label in zip(canaries["code"], canaries["label"])])
 
 
 def grad_sample_mismatches(model: torch.nn.Module, tokenizer, texts: list[str]) -> dict[str, tuple[int, ...]]:
