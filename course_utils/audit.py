@@ -17,6 +17,11 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .frozen import Features
+from .topmodel import predict_logits
 
 CANARY_TEMPLATE = "my pin number is {code}"
 
@@ -32,8 +37,6 @@ def _check_scores(members, nonmembers) -> tuple[np.ndarray, np.ndarray]:
 
 def tpr_at_fpr(labels, scores, fpr: float = 0.01) -> float:
     """The highest true-positive rate among thresholds whose false-positive rate is at most `fpr`."""
-    from sklearn.metrics import roc_curve
-
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}; 0.01 is the usual choice")
     fprs, tprs, _ = roc_curve(labels, scores)
@@ -42,8 +45,6 @@ def tpr_at_fpr(labels, scores, fpr: float = 0.01) -> float:
 
 def attack_metrics(member_scores, nonmember_scores, fpr: float = 0.01) -> dict[str, float]:
     """ROC AUC and TPR at `fpr` of an attack whose higher scores mean "member"."""
-    from sklearn.metrics import roc_auc_score
-
     members, nonmembers = _check_scores(member_scores, nonmember_scores)
     labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     scores = np.r_[members, nonmembers]
@@ -95,3 +96,16 @@ def exposure(canary_loss: float, candidate_losses) -> float:
 
 
 RANDOM_EXPOSURE = 1 / math.log(2)  # E[log2(N / rank)] for a uniform rank, large N: what no memorisation gives
+
+
+def canary_exposures(model: torch.nn.Module, candidates: Features, candidate_codes, canaries: pd.DataFrame
+                     ) -> np.ndarray:
+    """Exposure (bits) of each canary: its loss ranked among all candidate secrets' losses under its label."""
+    codes = list(candidate_codes)
+    missing = [code for code in canaries["code"] if code not in codes]
+    if missing:
+        raise ValueError(f"canary {missing[0]!r} is not among the candidates; draw both with audit.make_canaries")
+    # every candidate's loss under label y is -log softmax(logits)[:, y]: one forward pass serves all canaries
+    neg_log_probs = -torch.log_softmax(torch.as_tensor(predict_logits(model, candidates)), dim=1).numpy()  # (N, C)
+    return np.array([exposure(neg_log_probs[codes.index(code), int(label)], neg_log_probs[:, int(label)])
+                     for code, label in zip(canaries["code"], canaries["label"])])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import assets, config
+from . import assets, config, store
 
 DOMAINS = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
            "tweets": "tweets", "nyt": "nytEditorialSnippets"}
@@ -45,13 +45,8 @@ class Splits:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
     def fingerprint(self) -> str:
-        """A short hash of the split contents, used to key cached checkpoints."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for frame in (self.train, self.validation, self.test):
-            digest.update("\n".join(frame["text"] + "\t" + frame["label"].astype(str)).encode())
-        return digest.hexdigest()[:16]
+        """A short hash of the split contents (texts and labels of each split), used to key cached results."""
+        return store.key(*[frame[["text", "label"]] for frame in (self.train, self.validation, self.test)])
 
 
 def _check_domain(domain: str) -> str:
@@ -170,19 +165,11 @@ def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
             "duplicates_dropped": dropped}
 
 
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON to a temp file beside the target, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def make_movie_split_file(path: Path | None = None) -> Path:
     """Regenerate data/splits/movie.json (committed; a test checks it is reproducible)."""
     path = path or config.repo_root() / SPLIT_FILE
     ids = stratified_split(load_domain("movie"))
-    write_json_atomic(path, {"rule": LABEL_RULE, "seed": SPLIT_SEED, "fractions": SPLIT_FRACTIONS, **ids})
+    store.write_json(path, {"rule": LABEL_RULE, "seed": SPLIT_SEED, "fractions": SPLIT_FRACTIONS, **ids})
     return path
 
 

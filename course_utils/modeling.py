@@ -7,14 +7,10 @@ target and renamed into place, so an interruption never leaves a half-written ch
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,8 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import assets, config
-from .data import Splits, subsample, write_json_atomic
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
+
+from . import assets, config, store
+from .data import Splits, course_splits, subsample
 from .evaluation import EvalResult, classification_metrics, predictions_from_logits
 
 
@@ -85,8 +86,6 @@ def resolve_model(source: str | Path | None = None) -> str:
 
 def load_tokenizer(source: str | Path | None = None):
     """The MiniLM tokenizer (loaded with from_pretrained: transformers 5 ignores a bare vocab_file)."""
-    from transformers import AutoTokenizer
-
     config.apply_mode()
     return AutoTokenizer.from_pretrained(resolve_model(source))
 
@@ -94,8 +93,6 @@ def load_tokenizer(source: str | Path | None = None):
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report and its per-file progress bars (the notebook explains the new head)."""
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -109,8 +106,6 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_model(num_labels: int = 2, source: str | Path | None = None, **kwargs):
     """A sequence classifier on the pretrained encoder (a fresh head unless `source` is fine-tuned)."""
-    from transformers import AutoModelForSequenceClassification
-
     if num_labels < 2:
         raise ValueError(f"num_labels must be >= 2, got {num_labels}; a classifier needs two classes")
     config.apply_mode()
@@ -185,25 +180,21 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_
     return classification_metrics(frame["label"].to_numpy(), probs)
 
 
-def _save_dir_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder beside `target`, then swap it in; the old copy survives until the swap."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}-old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+@dataclass
+class Progress:
+    """Where a fine-tuning run stands: saved with the resume state, so an interrupted run picks up here."""
+
+    step: int = 0                                           # optimizer steps done
+    history: list[dict] = field(default_factory=list)       # one row per finished epoch
+    curve: list[list[float]] = field(default_factory=list)  # [step, mean loss of the last CURVE_EVERY steps]
+    best_accuracy: float = -1.0                             # best validation accuracy so far (best/ holds it)
+    elapsed: float = 0.0                                    # training seconds before this session
+    loss_sum: float = 0.0                                   # summed loss of the current epoch
+    recent: list[float] = field(default_factory=list)       # losses since the last curve point
 
 
-def _save_state(run_dir: Path, model, optimizer, progress: dict) -> None:
+def _save_state(run_dir: Path, model, optimizer, progress: Progress) -> None:
     """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
-    from safetensors.torch import save_file
 
     def write(folder: Path) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
@@ -211,33 +202,29 @@ def _save_state(run_dir: Path, model, optimizer, progress: dict) -> None:
         tensors = {f"{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
         tensors["rng"] = torch.get_rng_state()
         save_file(tensors, folder / "optimizer.safetensors")
-        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-        (folder / "state.json").write_text(json.dumps({"progress": progress, "param_groups": groups}))
+        groups = [dict(g) for g in opt["param_groups"]]
+        (folder / "state.json").write_text(json.dumps({"progress": asdict(progress), "param_groups": groups}))
 
-    _save_dir_atomic(run_dir / "state", write)
+    store.write_dir(run_dir / "state", write)
 
 
-def _load_state(run_dir: Path, model, optimizer) -> dict:
+def _load_state(run_dir: Path, model, optimizer) -> Progress:
     """Restore what _save_state wrote and return the progress counters."""
-    from safetensors.torch import load_file
-
     folder = run_dir / "state"
     model.load_state_dict(load_file(folder / "model.safetensors"))
     tensors = load_file(folder / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng"))
     meta = json.loads((folder / "state.json").read_text())
     state: dict = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+    for name, value in tensors.items():
+        index, part = name.split(".", 1)
+        state.setdefault(int(index), {})[part] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta["progress"]
+    return Progress(**meta["progress"])
 
 
 def _make_scheduler(optimizer, cfg: TrainConfig, total_steps: int, done_steps: int):
     """Linear warm-up then linear decay (the BERT recipe), positioned after `done_steps` steps."""
-    from transformers import get_linear_schedule_with_warmup
-
     warmup = int(cfg.warmup_ratio * total_steps)
     return get_linear_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=done_steps - 1)
 
@@ -249,24 +236,21 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
     `stop_after` ends the run after that many optimizer steps (as a disconnect would), for the tests.
     Returns the history: one dict per epoch with train loss, validation accuracy/F1 and seconds.
     """
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     lengths = train_frame["text"].str.len().to_numpy()
     steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     torch.manual_seed(cfg.seed)
-    done = {"step": 0, "history": [], "curve": [], "best_accuracy": -1.0, "elapsed": 0.0, "loss_sum": 0.0,
-            "recent": []}
+    done = Progress()
     if (run_dir / "state" / "state.json").exists():
         done = _load_state(run_dir, model, optimizer)
-    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch * cfg.epochs, done["step"])
+    scheduler = _make_scheduler(optimizer, cfg, total_steps, done.step)
     model.train()
-    start_time = time.perf_counter() - done["elapsed"]
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=done["step"], disable=not progress,
-               desc="fine-tuning", unit="step")
-    while done["step"] < steps_per_epoch * cfg.epochs:
-        epoch, in_epoch = divmod(done["step"], steps_per_epoch)
+    start_time = time.perf_counter() - done.elapsed
+    bar = tqdm(total=total_steps, initial=done.step, disable=not progress, desc="fine-tuning", unit="step")
+    while done.step < total_steps:
+        epoch, in_epoch = divmod(done.step, steps_per_epoch)
         order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
         for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order):
             loss = model(**batch).loss
@@ -275,52 +259,51 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            done["step"] += 1
+            done.step += 1
             loss_value = loss.item()
-            done["loss_sum"] += loss_value
-            done["recent"].append(loss_value)
-            if len(done["recent"]) == CURVE_EVERY:
-                done["curve"].append([done["step"], sum(done["recent"]) / CURVE_EVERY])
-                done["recent"] = []
+            done.loss_sum += loss_value
+            done.recent.append(loss_value)
+            if len(done.recent) == CURVE_EVERY:
+                done.curve.append([done.step, sum(done.recent) / CURVE_EVERY])
+                done.recent = []
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
-            end_of_epoch = done["step"] % steps_per_epoch == 0
+            end_of_epoch = done.step % steps_per_epoch == 0
             if end_of_epoch:
                 _end_epoch(model, tokenizer, val_frame, cfg, run_dir, done, epoch, steps_per_epoch, start_time)
-            if end_of_epoch or done["step"] % cfg.save_every == 0 or done["step"] == stop_after:
-                done["elapsed"] = time.perf_counter() - start_time
+            if end_of_epoch or done.step % cfg.save_every == 0 or done.step == stop_after:
+                done.elapsed = time.perf_counter() - start_time
                 _save_state(run_dir, model, optimizer, done)
-            if done["step"] == stop_after:
+            if done.step == stop_after:
                 bar.close()
-                return done["history"]
+                return done.history
             if end_of_epoch:
                 break
     bar.close()
-    write_json_atomic(run_dir / "done.json", {"config": asdict(cfg), "history": done["history"],
-                                              "curve": done["curve"]})
-    return done["history"]
+    store.write_json(run_dir / "done.json", {"config": asdict(cfg), "history": done.history, "curve": done.curve})
+    return done.history
 
 
-def _end_epoch(model, tokenizer, val_frame, cfg, run_dir: Path, done: dict, epoch: int,
+def _end_epoch(model, tokenizer, val_frame, cfg, run_dir: Path, done: Progress, epoch: int,
                steps_per_epoch: int, start_time: float) -> None:
     """Validate, log the epoch in the history, and keep the best weights."""
     result = evaluate(model, tokenizer, val_frame, cfg.max_length)
     model.train()
-    row = {"epoch": epoch + 1, "step": done["step"], "train_loss": done["loss_sum"] / steps_per_epoch,
+    row = {"epoch": epoch + 1, "step": done.step, "train_loss": done.loss_sum / steps_per_epoch,
            "val_accuracy": result.accuracy, "val_f1": result.f1,
            "seconds": round(time.perf_counter() - start_time, 1)}
-    done["loss_sum"] = 0.0
-    done["history"].append(row)
-    write_json_atomic(run_dir / "history.json", done["history"])
-    if result.accuracy > done["best_accuracy"]:
-        done["best_accuracy"] = result.accuracy
+    done.loss_sum = 0.0
+    done.history.append(row)
+    store.write_json(run_dir / "history.json", done.history)
+    if result.accuracy > done.best_accuracy:
+        done.best_accuracy = result.accuracy
 
         def write(folder: Path) -> None:
             with quiet_transformers():
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
 
-        _save_dir_atomic(run_dir / "best", write)
+        store.write_dir(run_dir / "best", write)
 
 
 @dataclass
@@ -341,21 +324,25 @@ def pretrained_identity() -> str:
     return assets.ONLINE_MODEL_ID if config.mode() == "online" else assets.MODEL_SAFETENSORS_SHA256
 
 
+def encoder_identity(encoder: torch.nn.Module | None = None) -> str:
+    """What identifies an encoder in cache keys: the pretrained weights' identity for None (the course's
+    pretrained encoder), else the hash of the module's weights, so a compressed or retrained encoder differs."""
+    return pretrained_identity() if encoder is None else store.key(encoder)
+
+
 def checkpoint_key(cfg: TrainConfig, splits: Splits) -> str:
-    """Cache key: the training configuration, the data, and the pretrained model's identity."""
-    payload = json.dumps({"cfg": asdict(cfg), "data": splits.fingerprint(), "model": pretrained_identity(),
-                          "labels": splits.label_names}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """Cache key: the training configuration, the data and its label names, and the pretrained weights."""
+    return store.key("checkpoint", cfg, splits.fingerprint(), splits.label_names, pretrained_identity())
 
 
 def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = True,
              retrain: bool | None = None) -> FineTuned:
     """Fine-tune on the splits, or load the cached checkpoint with the same configuration and data."""
     cfg = cfg or TrainConfig()
-    run_dir = config.cache_dir() / "checkpoints" / checkpoint_key(cfg, splits)
+    run_dir = store.path("checkpoints", checkpoint_key(cfg, splits))
     retrain = config.retrain_requested() if retrain is None else retrain
-    if retrain and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if retrain:
+        store.remove(run_dir)
     trained_now = not (run_dir / "done.json").exists()
     if trained_now:
         config.seed_everything(cfg.seed)
@@ -363,7 +350,7 @@ def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = Tr
         model = load_model(num_labels=len(splits.label_names))
         train_frame = subsample(splits.train, cfg.train_size, seed=cfg.seed)
         train(model, tokenizer, train_frame, splits.validation, cfg, run_dir, progress)
-        shutil.rmtree(run_dir / "state", ignore_errors=True)
+        store.remove(run_dir / "state")
     done = json.loads((run_dir / "done.json").read_text())
     model = load_model(num_labels=len(splits.label_names), source=run_dir / "best")
     model.eval()
@@ -386,8 +373,6 @@ def course_model(fast: bool | None = None, progress: bool = True) -> FineTuned:
     Later chapters load it; COURSE_RETRAIN=1 rebuilds their own runs but never this shared checkpoint (chapter
     00 rebuilds it through `finetune`).
     """
-    from .data import course_splits
-
     return finetune(course_splits(), default_config(fast), progress=progress, retrain=False)
 
 

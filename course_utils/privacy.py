@@ -23,7 +23,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from opacus import GradSampleModule
+from opacus.accountants import PRVAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
 from scipy import special
+from torch.func import functional_call, grad, vmap
 
 # The orders Opacus's RDPAccountant searches (1.1, 1.2, ..., 10.9, 12, ..., 63): same grid, same epsilon.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
@@ -270,8 +276,6 @@ def epsilon_after(q: float, sigma: float, steps: int, delta: float,
 
 def epsilon_prv(q: float, sigma: float, steps: int, delta: float, eps_error: float = 0.01) -> float:
     """Epsilon from Opacus's PRV accountant (Gopi et al. 2021), an upper bound to compare with RDP (chapter 02)."""
-    from opacus.accountants import PRVAccountant
-
     q, sigma, delta = check_sample_rate(q), check_noise_multiplier(sigma), check_delta(delta)
     if sigma == 0:
         raise ValueError("noise_multiplier must be > 0 for the PRV accountant, got 0; without noise epsilon is inf")
@@ -282,8 +286,6 @@ def epsilon_prv(q: float, sigma: float, steps: int, delta: float, eps_error: flo
 
 def noise_for_epsilon(target_eps: float, q: float, steps: int, delta: float) -> float:
     """The noise multiplier reaching target_eps after `steps` steps (Opacus's search, RDP accountant) (chapter 02)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     target_eps, q, delta = check_epsilon(target_eps), check_sample_rate(q), check_delta(delta)
     return float(get_noise_multiplier(target_epsilon=target_eps, target_delta=delta, sample_rate=q,
                                       steps=_check_steps(steps), accountant="rdp"))
@@ -301,8 +303,6 @@ def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
 def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
                      batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Gradient of each example's own loss: {name: (B, *param.shape)} via torch.func vmap(grad) (chapter 02)."""
-    from torch.func import functional_call, grad, vmap
-
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -371,8 +371,6 @@ def naive_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inpu
 def opacus_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
                             batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample gradients from Opacus's GradSampleModule hooks, on a copy of the model (chapter 02)."""
-    from opacus import GradSampleModule
-
     wrapped = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
     with warnings.catch_warnings():  # torch notes the hook fires on module outputs when inputs are token ids
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -390,9 +388,6 @@ def opacus_clipped_grads(model: torch.nn.Module, inputs: Inputs, labels: torch.T
 
     The library counterpart of `clip_and_noise(per_sample_grads(...))`, on a copy of the model (chapter 02).
     """
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
     clip_norm, noise_multiplier = check_clip_norm(clip_norm), check_noise_multiplier(noise_multiplier)
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     wrapped = GradSampleModule(copy.deepcopy(model))
@@ -434,8 +429,6 @@ def time_per_sample_grads(model: torch.nn.Module, batch: tuple, repeats: int = 3
 
 def unsupported_layers(model: torch.nn.Module) -> list[tuple[str, str]]:
     """(name, reason) for each layer Opacus's ModuleValidator rejects, e.g. BatchNorm (chapter 02)."""
-    from opacus.validators import ModuleValidator
-
     found = []
     for name, module in model.named_modules():
         validator = ModuleValidator.VALIDATORS.get(type(module))
@@ -452,3 +445,29 @@ def unsupported_layer_check(model: torch.nn.Module) -> None:
         name, reason = found[0]
         raise ValueError(f"Opacus cannot handle layer {name!r}, got {reason}; replace it, e.g. "
                          "model = ModuleValidator.fix(model) turns BatchNorm into GroupNorm")
+
+
+def grad_sample_mismatches(model: torch.nn.Module, tokenizer, texts: list[str]) -> dict[str, tuple[int, ...]]:
+    """Trainable parameters whose Opacus per-sample gradient lacks the batch dimension, with its shape.
+
+    BERT's position embeddings are looked up with a (1, T) position_ids buffer shared by the batch, so the
+    Embedding hook sees one "sample" and gives a (1, vocab, H) grad_sample: per-sample clipping then fails.
+    Freeze them (as here: everything below the top is frozen) or pass position_ids expanded to (B, T).
+    """
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=32, return_tensors="pt")
+    wrapped = GradSampleModule(model)
+    model.train()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            logits = wrapped(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            logits.sum().backward()
+        found = {name.removeprefix("_module."): tuple(p.grad_sample.shape) for name, p in wrapped.named_parameters()
+                 if p.requires_grad and getattr(p, "grad_sample", None) is not None
+                 and p.grad_sample.shape[0] != len(texts)}
+    finally:
+        wrapped.remove_hooks()
+        for p in model.parameters():
+            p.grad, p.grad_sample = None, None
+        model.eval()
+    return found

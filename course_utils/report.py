@@ -5,10 +5,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Union
+
+from . import store
 
 Scalar = Union[float, int, str, bool, None]
 CHAPTER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -24,22 +25,6 @@ def results_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     override = env.get("COURSE_RESULTS")
     return Path(override).expanduser() if override else repo_root() / "results"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def figure_path(chapter: str, directory: Path | None = None) -> Path:
@@ -73,7 +58,7 @@ def record(chapter: str, figures: Mapping[str, object], directory: Path | None =
         if not isinstance(key, str) or not key:
             raise ValueError(f"figure names must be non-empty strings, got {key!r}; rename the key")
         clean[key] = as_scalar(key, value)
-    write_text_atomic(path, json.dumps(clean, indent=1, allow_nan=False) + "\n")
+    store.write_text(path, json.dumps(clean, indent=1, allow_nan=False) + "\n")
     return path
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils import bench
-from course_utils.notebooks import RunResult
+from course_harness import bench
+from course_harness.notebooks import RunResult
 
 
 def make_notebooks(root: Path, names: list[str]) -> None:

@@ -1,12 +1,13 @@
 """The committed data card matches what the data says today."""
 from __future__ import annotations
 
-from course_utils import config, datacard
+from course_harness import datacard
+from course_utils import config
 
 
 def test_data_card_is_current():
     committed = (config.repo_root() / "data" / "README.md").read_text()
-    assert committed == datacard.render(), "run `python -m course_utils datacard` and commit data/README.md"
+    assert committed == datacard.render(), "run `python -m course_harness datacard` and commit data/README.md"
 
 
 def test_label_rule_agrees_with_other_labels_mostly():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,44 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_splits,
     assert again[-1]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
 
 
+class Disconnect(Exception):
+    """What a dropped Colab session looks like to the loop: an exception from inside the batch iterator."""
+
+
+def test_a_real_interruption_resumes_from_the_last_periodic_save(tmp_path, tiny_splits, tokenizer, monkeypatch):
+    """No forced save at the cut: steps after the last periodic save are replayed and give the same run."""
+    cfg = modeling.TrainConfig(batch_size=8, epochs=2, save_every=4, max_length=32, lr=1e-4)  # 6 steps per epoch
+    full = _fresh_model()
+    history = modeling.train(full, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "full",
+                             progress=False)
+    real_batches, served = modeling.batches, []
+
+    def dropping(*args, **kwargs):
+        for batch in real_batches(*args, **kwargs):
+            if len(served) == 9:   # steps 1-9 done; periodic saves at 4 and 8 (and the epoch end at 6)
+                raise Disconnect
+            served.append(1)
+            yield batch
+
+    with monkeypatch.context() as patch:
+        patch.setattr(modeling, "batches", dropping)
+        with pytest.raises(Disconnect):
+            modeling.train(_fresh_model(), tokenizer, tiny_splits.train, tiny_splits.validation, cfg,
+                           tmp_path / "cut", progress=False)
+    saved = json.loads((tmp_path / "cut" / "state" / "state.json").read_text())["progress"]
+    assert saved["step"] == 8, "the last periodic save, not the step of the cut"
+    resumed = _fresh_model()
+    again = modeling.train(resumed, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "cut",
+                           progress=False)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert drop_time(again) == drop_time(history)
+    done_full = json.loads((tmp_path / "full" / "done.json").read_text())
+    done_cut = json.loads((tmp_path / "cut" / "done.json").read_text())
+    assert done_cut["curve"] == done_full["curve"] and len(done_full["curve"]) == 1
+
+
 def test_best_checkpoint_is_safetensors_and_reloads(tmp_path, tiny_splits, tokenizer):
     model = _fresh_model()
     modeling.train(model, tokenizer, tiny_splits.train, tiny_splits.validation,
@@ -81,6 +120,17 @@ def test_predict_on_raw_strings(tokenizer, tiny_splits):
         modeling.predict_proba(model, tokenizer, "one string")
     result = modeling.evaluate(model, tokenizer, tiny_splits.test)
     assert 0 <= result.accuracy <= 1 and result.confusion.sum() == len(tiny_splits.test)
+
+
+def test_predict_proba_restores_the_input_order(tokenizer):
+    """Length sorting inside predict_proba must not shuffle rows: compare with one text at a time."""
+    model = _fresh_model()
+    texts = ["a much longer sentence about a film that goes on and on", "short", "mid length one here", "ok",
+             "another fairly long sentence, with commas, and more words than most"]
+    together = modeling.predict_proba(model, tokenizer, texts, batch_size=2)
+    one_by_one = np.concatenate([modeling.predict_proba(model, tokenizer, [t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    assert len({round(float(p), 5) for p in together[:, 1]}) == len(texts), "distinct rows, so order is tested"
 
 
 def test_model_loads_offline_with_the_published_size():

@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_utils import notebooks
-from course_utils.__main__ import main
+from course_harness import notebooks
+from course_harness.__main__ import main
 
 STUB = 'raise NotImplementedError("Exercise: replace this line with your code")'
 

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from course_utils import config, data, notebooks
+from course_harness import notebooks
+from course_utils import config, data
 
 ROOT = config.repo_root()
 
 
 def test_notebooks_are_clean():
-    assert notebooks.clean_all(ROOT, check=True) == [], "run `python -m course_utils clean`"
+    assert notebooks.clean_all(ROOT, check=True) == [], "run `python -m course_harness clean`"
 
 
 def test_exercises_are_generated_from_solutions():

@@ -60,11 +60,3 @@ def test_format_table() -> None:
         "| --- | --- | --- |\n"
         "| 00_finetuning | 123.5 | 0.831 |\n"
         "| 01_a\\|b |  | 1 |")
-
-
-def test_write_text_atomic_leaves_no_temp_files(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "file.txt"
-    report.write_text_atomic(target, "one\n")
-    report.write_text_atomic(target, "two\n")
-    assert target.read_text() == "two\n"
-    assert [p.name for p in target.parent.iterdir()] == ["file.txt"]

@@ -15,7 +15,7 @@ import nbformat
 import psutil
 from nbformat import NotebookNode
 
-from . import report
+from course_utils import report, store
 
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END_RE = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
@@ -66,7 +66,7 @@ def _write_if_changed(path: Path, text: str) -> bool:
     """Atomically write `text` unless the file already holds it; True when written."""
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    report.write_text_atomic(path, text)
+    store.write_text(path, text)
     return True
 
 
@@ -400,6 +400,6 @@ def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 1
     wall_s = time.perf_counter() - start
     peak_mb = sampler.stop()
     if executed_path is not None:
-        report.write_text_atomic(Path(executed_path), render(nb))
+        store.write_text(Path(executed_path), render(nb))
     return RunResult(path.stem, not error, round(wall_s, 2), round(peak_mb, 1), error,
                      report.load(path.stem, results))

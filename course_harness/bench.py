@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import report
+from course_utils import report, store
 from .notebooks import RunResult, run_notebook
 
 NOTEBOOK_RE = re.compile(r"^(?P<prefix>\d{2})_.+\.ipynb$")
@@ -165,6 +165,6 @@ def write_benchmark(rows: list[dict], directory: Path | None = None,
     json_path, md_path = directory / "benchmark.json", directory / "benchmark.md"
     if json_path.exists():
         rows = merge_rows(json.loads(json_path.read_text()).get("rows", []), rows)
-    report.write_text_atomic(json_path, json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
-    report.write_text_atomic(md_path, benchmark_markdown(header, rows))
+    store.write_text(json_path, json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    store.write_text(md_path, benchmark_markdown(header, rows))
     return json_path, md_path

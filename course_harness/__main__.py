@@ -1,4 +1,4 @@
-"""Command line: `python -m course_utils {run,bench,exercises,clean,prepare} ...`."""
+"""Command line: `python -m course_harness {run,bench,exercises,clean,prepare,datacard} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import bench, notebooks, report
+from course_utils import report
+from course_utils.assets import prepare_cli
+
+from . import bench, datacard, notebooks
 
 
 def _log(message: str) -> None:
@@ -43,26 +46,22 @@ def _cmd_exercises(args: argparse.Namespace) -> int:
     """Generate exercises/ from solutions/, or check that they are in sync."""
     names = [f"exercises/{name}" for name in notebooks.generate_exercises(args.root, check=args.check)]
     return _report_sync(names, args.check, "exercises out of sync with solutions/ "
-                        "(run `python -m course_utils exercises`):", "wrote")
+                        "(run `python -m course_harness exercises`):", "wrote")
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
     """Strip outputs and metadata from every notebook, or check that they are clean."""
     found = notebooks.clean_all(args.root, check=args.check)
-    return _report_sync(found, args.check, "notebooks not clean (run `python -m course_utils clean`):", "cleaned")
+    return _report_sync(found, args.check, "notebooks not clean (run `python -m course_harness clean`):", "cleaned")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     """Fetch and extract the course assets (see course_utils.assets)."""
-    from .assets import prepare_cli
-
     return prepare_cli(args.rest) or 0
 
 
 def _cmd_datacard(args: argparse.Namespace) -> int:
-    """Regenerate data/README.md from the data (see course_utils.datacard)."""
-    from . import datacard
-
+    """Regenerate data/README.md from the data (see course_harness.datacard)."""
     datacard.write(args.root / "data" / "README.md")
     print("wrote data/README.md")
     return 0
@@ -70,21 +69,26 @@ def _cmd_datacard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subcommand per task."""
-    parser = argparse.ArgumentParser(prog="python -m course_utils", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m course_harness", description=__doc__)
     parser.add_argument("--root", type=Path, default=report.repo_root(), help="course checkout (default: this one)")
+    # --root is also accepted after the command (`bash course run --root DIR` passes it there); SUPPRESS keeps
+    # the subcommand from overwriting a --root given before it
+    root_after = argparse.ArgumentParser(add_help=False)
+    root_after.add_argument("--root", type=Path, default=argparse.SUPPRESS, help="course checkout (default: this one)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="execute notebooks/NN_*.ipynb and print a results table")
+    run = sub.add_parser("run", parents=[root_after], help="execute notebooks/NN_*.ipynb and print a results table")
     run.add_argument("--fast", action="store_true", help="COURSE_FAST=1 (also on when COURSE_FAST=1 is set)")
-    bench_ = sub.add_parser("bench", help="time each notebook in fast and full mode, write results/benchmark.*")
+    bench_ = sub.add_parser("bench", parents=[root_after],
+                            help="time each notebook in fast and full mode, write results/benchmark.*")
     bench_.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES))
     for p in (run, bench_):
         p.add_argument("--only", nargs="+", metavar="NN", help="two-digit notebook numbers, e.g. --only 00 03")
-    exercises = sub.add_parser("exercises", help="generate exercises/ from solutions/")
-    clean = sub.add_parser("clean", help="strip outputs and extra metadata from every notebook")
+    exercises = sub.add_parser("exercises", parents=[root_after], help="generate exercises/ from solutions/")
+    clean = sub.add_parser("clean", parents=[root_after], help="strip outputs and extra metadata from every notebook")
     for p in (exercises, clean):
         p.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     prepare = sub.add_parser("prepare", add_help=False, help="fetch and extract the offline assets (prepare --help)")
-    datacard = sub.add_parser("datacard", help="regenerate data/README.md from the data")
+    datacard = sub.add_parser("datacard", parents=[root_after], help="regenerate data/README.md from the data")
     for p, handler in ((run, _cmd_run), (bench_, _cmd_bench), (exercises, _cmd_exercises),
                        (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard)):
         p.set_defaults(handler=handler)

@@ -1,0 +1,54 @@
+"""Cached private runs: `train_private`, or the saved run with the same features, config and encoder (chapter 02).
+
+A run lives in COURSE_CACHE/private/<key>/ (`model.safetensors` and `run.json` with epsilon, delta, noise
+multiplier, steps and the loss curve). The key hashes the features' key, the whole `DPConfig` and the encoder's
+identity, so a compressed or adversarially trained encoder never reads the pretrained one's run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from . import config, store
+from .frozen import Features
+from .modeling import encoder_identity
+from .private_training import DPConfig, PrivateRun, train_private
+from .topmodel import TopClassifier
+
+
+def run_key(train: Features, cfg: DPConfig, encoder=None) -> str:
+    """Cache key of one run: the rows (their features' key), every field of the config, the encoder."""
+    if not train.key:
+        raise ValueError("these features have no cache key; build them with frozen.cached_features (or call "
+                         "private_training.train_private directly)")
+    return store.key("private-run", train.key, cfg, encoder_identity(encoder))
+
+
+def train_cached(train: Features, cfg: DPConfig, progress: bool = True, retrain: bool | None = None,
+                 encoder=None) -> PrivateRun:
+    """`train_private`, or the saved run with the same features and config (COURSE_CACHE/private, safetensors)."""
+    folder = store.path("private", run_key(train, cfg, encoder))
+    retrain = config.retrain_requested() if retrain is None else retrain
+    if retrain or not (folder / "run.json").exists():
+        run = train_private(train, cfg, progress=progress, encoder=encoder)
+
+        def write(tmp: Path) -> None:
+            save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, tmp / "model.safetensors")
+            meta = {"epsilon": run.epsilon if math.isfinite(run.epsilon) else None, "delta": run.delta,
+                    "noise_multiplier": run.noise_multiplier, "steps": run.steps, "seconds": run.seconds,
+                    "losses": run.losses, "config": asdict(cfg)}
+            (tmp / "run.json").write_text(json.dumps(meta))
+
+        store.write_dir(folder, write)
+        return run
+    meta = json.loads((folder / "run.json").read_text())
+    model = TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, lora_rank=cfg.lora_rank)
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    model.eval()
+    spent = math.inf if meta["epsilon"] is None else meta["epsilon"]
+    return PrivateRun(model, cfg, spent, meta["delta"], meta["noise_multiplier"], meta["steps"], meta["seconds"],
+                      meta["losses"])
