@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from course_utils import report, store
+
 from .notebooks import RunResult, run_notebook
 
 NOTEBOOK_RE = re.compile(r"^(?P<prefix>\d{2})_.+\.ipynb$")

@@ -12,7 +12,7 @@ from course_utils import assets, config, data, store
 from course_utils.cleaning import load_ratings
 from course_utils.report import format_table
 
-PANG_LEE_LAST_POSITIVE_ID = 5152  # ids up to here came from Pang & Lee's positive file (the ids in Pang & Lee's rt-polarity files)
+PANG_LEE_LAST_POSITIVE_ID = 5152  # ids up to here came from Pang & Lee's positive rt-polarity file
 
 
 def domain_table() -> list[dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import psutil
+from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from course_utils import report, store
@@ -363,8 +364,6 @@ def describe_error(err: Exception, cell_index: int | None) -> str:
 def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
              sampler: RssSampler) -> str:
     """Execute `nb` in place in a fresh python3 kernel; '' on success, else a one-line error."""
-    from nbclient import NotebookClient
-
     state: dict = {"cell": None}
 
     def on_start(**_: object) -> None:

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from .evaluation import EvalResult, classification_metrics
 
 
 def tfidf_pipeline(c: float = 4.0):
     """TF-IDF of word 1-2 grams (sublinear tf) into a logistic regression (scikit-learn)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
     if c <= 0:
         raise ValueError(f"C must be > 0, got {c}; larger C means weaker regularisation")
     return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),

@@ -1,11 +1,16 @@
 """Course settings: fast/full mode, offline/online mode, cache folder, seeding (introduced in chapter 00)."""
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
 import platform
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 REPO_URL = "https://github.com/trustworthy-llm/course"
 MODES = ("offline", "online")
@@ -72,9 +77,6 @@ def apply_mode() -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so a rerun gives the same numbers."""
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -94,7 +96,6 @@ class Settings:
 
 def versions() -> dict:
     """Versions of Python and the libraries the course depends on."""
-    import importlib.metadata as md
 
     names = ["torch", "transformers", "datasets", "scikit-learn", "numpy", "pandas", "matplotlib"]
     found = {"python": platform.python_version()}
@@ -108,8 +109,6 @@ def versions() -> dict:
 
 def setup(seed: int = 123, threads: int | None = None, verbose: bool = True) -> Settings:
     """The setup cell of every notebook: mode switches, seeds, thread count, versions."""
-    import torch
-
     current = apply_mode()
     seed_everything(seed)
     threads = threads or min(os.cpu_count() or 1, int(os.environ.get("COURSE_THREADS", os.cpu_count() or 1)))
@@ -123,6 +122,4 @@ def setup(seed: int = 123, threads: int | None = None, verbose: bool = True) -> 
 
 def in_colab() -> bool:
     """True inside Google Colab."""
-    import sys
-
     return "google.colab" in sys.modules

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import train_test_split
 
 from . import assets, config, store
 
@@ -100,8 +104,6 @@ def normalise(text: str) -> str:
 def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
                          threshold: float = NEAR_DUPLICATE_COSINE) -> list[tuple[int, int, float]]:
     """Pairs (i, j, cosine) of texts with character 3-5-gram TF-IDF cosine >= threshold."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     same = texts_b is None
     texts_b = texts_a if same else texts_b
     vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalise)
@@ -119,9 +121,6 @@ def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
 
 def duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_COSINE) -> np.ndarray:
     """A group id per text: exact (normalised) and near duplicates share a group."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     keys = [normalise(t) for t in texts]
     first = {}
     edges = [(i, first.setdefault(k, i)) for i, k in enumerate(keys) if first.get(k, i) != i]
@@ -150,8 +149,6 @@ def leakage_report(splits: Splits, threshold: float = NEAR_DUPLICATE_COSINE) -> 
 def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
                      fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> dict[str, list[str]]:
     """Ids per split: duplicates collapsed to one sentence, then an 80/10/10 split stratified by label."""
-    from sklearn.model_selection import train_test_split
-
     if abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
         raise ValueError(f"split fractions must be positive and sum to 1, got {fractions}")
     groups = duplicate_groups(list(frame["text"]))
@@ -223,7 +220,8 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
         for column in (text_column, label_column):
             if not isinstance(record, dict) or column not in record:
                 found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(f"{path} line {number}: no column {column!r} (found {found}); "
+                line = 1 if path.suffix.lower() == ".csv" else number  # a CSV's columns are named on its header
+                raise ValueError(f"{path} line {line}: no column {column!r} (found {found}); "
                                  f"rename your column to {column!r}")
         text, label = (("" if record[c] is None else str(record[c])).strip() for c in (text_column, label_column))
         if not text or not label:
@@ -283,8 +281,6 @@ def subsample(frame: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame
         return frame.reset_index(drop=True)
     if n <= 0:
         raise ValueError(f"subsample size must be positive, got {n}")
-    from sklearn.model_selection import train_test_split
-
     part, _ = train_test_split(frame, train_size=n, stratify=frame["label"], random_state=seed)
     return part.reset_index(drop=True)
 

@@ -9,8 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
+from cleanlab.filter import find_label_issues
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+from scipy.stats import pearsonr
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-from . import data
+from . import config, data
 from .baselines import tfidf_baseline, tfidf_pipeline
 
 SHINGLE = 5
@@ -36,8 +45,6 @@ def jaccard(a: str, b: str, k: int = SHINGLE) -> float:
 
 def minhashes(texts: list[str], num_perm: int = NUM_PERM, seed: int = 1) -> list:
     """One datasketch LeanMinHash per text, from its character shingles."""
-    from datasketch import LeanMinHash, MinHash
-
     out = []
     for text in texts:
         m = MinHash(num_perm=num_perm, seed=seed)
@@ -52,8 +59,6 @@ def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: f
 
     With one list, pairs within it (i < j); with two, pairs across them (i in a, j in b).
     """
-    from datasketch import MinHashLSH
-
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     same = texts_b is None
@@ -99,8 +104,6 @@ class LeakResult:
 def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0,
                     threshold: float = 0.7) -> LeakResult:
     """Random split, find train rows with a near twin in test (LSH), train with and without them (same seed)."""
-    from sklearn.model_selection import train_test_split
-
     train, test = train_test_split(frame, test_size=test_size, stratify=frame["label"], random_state=seed)
     train, test = train.reset_index(drop=True), test.reset_index(drop=True)
     pairs = lsh_pairs(list(train["text"]), list(test["text"]), threshold)
@@ -117,16 +120,12 @@ def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0,
 
 def out_of_fold_probs(frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> np.ndarray:
     """Out-of-fold class probabilities (N, C) of the TF-IDF baseline, as confident learning needs."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return cross_val_predict(tfidf_pipeline(), frame["text"], frame["label"], cv=cv, method="predict_proba")
 
 
 def label_issues(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """Rows cleanlab's confident learning flags as likely mislabelled, most suspicious first."""
-    from cleanlab.filter import find_label_issues
-
     order = find_label_issues(frame["label"].to_numpy(), probs, return_indices_ranked_by="self_confidence")
     flagged = frame.iloc[order].copy()
     flagged["p_given_label"] = probs[order, flagged["label"].to_numpy()]
@@ -145,8 +144,6 @@ def removal_effect(train: pd.DataFrame, test: pd.DataFrame, drop_index: list) ->
 
 def scaler_leak_table(train: pd.Series, test: pd.Series) -> pd.DataFrame:
     """z-score and min-max scalers fitted on train only versus on all data: parameters and test statistics."""
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
     rows = []
     for name, make in (("z-score", StandardScaler), ("min-max", MinMaxScaler)):
         for fitted_on, fit_data in (("train only", train), ("train + test (leak)", pd.concat([train, test]))):
@@ -159,12 +156,6 @@ def scaler_leak_table(train: pd.Series, test: pd.Series) -> pd.DataFrame:
 
 def rating_regression(train: pd.DataFrame, test: pd.DataFrame, alpha: float = 1.0) -> dict[str, float]:
     """Predict the z-scored mean rating (scaler fitted on train) with TF-IDF + ridge; error in rating units."""
-    from scipy.stats import pearsonr
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     scaler = StandardScaler().fit(train[["rating"]])
     target = scaler.transform(train[["rating"]]).ravel()
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), Ridge(alpha=alpha))
@@ -204,8 +195,6 @@ def eda(text: str, rng: np.random.Generator, alpha: float = 0.1) -> str:
 
 def embedding_neighbours(words: list[str], tokenizer, model, k: int = 5) -> dict[str, list[str]]:
     """Nearest whole-word neighbours of each word in the model's own input-embedding space (cosine)."""
-    import torch
-
     emb = model.get_input_embeddings().weight.detach()  # (V, H)
     emb = torch.nn.functional.normalize(emb, dim=-1)
     vocab = tokenizer.convert_ids_to_tokens(list(range(emb.shape[0])))
@@ -234,8 +223,6 @@ def substitute(text: str, neighbours: dict[str, list[str]], rng: np.random.Gener
 
 def backtranslate(texts: list[str], pivot: str = "de") -> list[str]:
     """Back-translation through a pivot language with MarianMT from the hub (online mode only)."""
-    from . import config
-
     if config.mode() != "online":
         raise ValueError("back-translation needs translation models from the Hugging Face hub; "
                          "set COURSE_MODE=online (for example on Colab) or use eda/substitute offline")
@@ -255,7 +242,8 @@ def augmentation_experiment(pool: pd.DataFrame, test: pd.DataFrame, augmenters: 
         small = data.subsample(pool, n_labelled, seed=seed)
         rng = np.random.default_rng(seed)
         for name, augment in augmenters.items():
-            extra = [small.assign(text=[augment(t, rng) for t in small["text"]]) for _ in range(copies if augment else 0)]
+            extra = [small.assign(text=[augment(t, rng) for t in small["text"]])
+                     for _ in range(copies if augment else 0)]
             train = pd.concat([small, *extra], ignore_index=True)
             rows.append({"method": name, "seed": seed, "accuracy": tfidf_baseline(train, test)[1].accuracy})
     return pd.DataFrame(rows)
@@ -272,23 +260,18 @@ def attach_movie_names(frame: pd.DataFrame) -> pd.DataFrame:
 def split_comparison(frame: pd.DataFrame, group: str, seeds: tuple[int, ...] = (0, 1, 2),
                      test_size: float = 0.2) -> pd.DataFrame:
     """Baseline accuracy on random versus group-held-out test sets (no group on both sides), per seed."""
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
-
     rows = []
     for seed in seeds:
         train, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=frame["label"])
         rows.append({"split": "random", "seed": seed, "accuracy": tfidf_baseline(train, test)[1].accuracy})
         tr, te = next(GroupShuffleSplit(1, test_size=test_size, random_state=seed).split(frame, groups=frame[group]))
         train, test = frame.iloc[tr], frame.iloc[te]
-        assert not set(train[group]) & set(test[group])
         rows.append({"split": f"by {group}", "seed": seed, "accuracy": tfidf_baseline(train, test)[1].accuracy})
     return pd.DataFrame(rows)
 
 
 def leave_one_domain_out(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Train on all domains but one, test on the held-out domain; beside a random split of the same pool."""
-    from sklearn.model_selection import train_test_split
-
     pool = pd.concat(frames.values(), ignore_index=True)
     rows = []
     for held_out, test in frames.items():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
 def predictions_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -39,8 +40,6 @@ class EvalResult:
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> EvalResult:
     """Accuracy, macro F1 and the confusion matrix (scikit-learn) from labels and probabilities."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
     labels, probs = np.asarray(labels), np.asarray(probs)
     if probs.ndim != 2 or len(probs) != len(labels):
         raise ValueError(f"probs must be (N, C) with N = len(labels) = {len(labels)}, got {probs.shape}")

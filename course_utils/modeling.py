@@ -17,7 +17,6 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
-
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
@@ -26,7 +25,6 @@ from transformers.utils import logging as hf_logging
 from . import assets, config, store
 from .data import Splits, course_splits, subsample
 from .evaluation import EvalResult, classification_metrics, predictions_from_logits
-
 
 CURVE_EVERY = 10  # steps per point of the training-loss curve
 

@@ -1,12 +1,13 @@
 """Plots the notebooks share: training curves, confusion matrices, bar charts (chapter 00)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import ConfusionMatrixDisplay
 
 
 def training_curve(history: list[dict], curve: list[list[float]] | None = None, ax=None):
     """Training loss (every few steps if `curve` is given, else per epoch) and validation accuracy per epoch."""
-    import matplotlib.pyplot as plt
 
     if not history:
         raise ValueError("history is empty; train for at least one epoch first")
@@ -31,9 +32,6 @@ def training_curve(history: list[dict], curve: list[list[float]] | None = None, 
 
 def confusion(matrix: np.ndarray, label_names: list[str], ax=None, title: str = "Confusion matrix"):
     """A confusion matrix with counts (scikit-learn's display)."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     ax = ax or plt.subplots(figsize=(3.6, 3.2))[1]
     ConfusionMatrixDisplay(matrix, display_labels=label_names).plot(ax=ax, colorbar=False)
     ax.set_title(title)
@@ -42,7 +40,6 @@ def confusion(matrix: np.ndarray, label_names: list[str], ax=None, title: str = 
 
 def bars(values: dict[str, float], ax=None, title: str = "", ylabel: str = "accuracy", ref: float | None = None):
     """A labelled bar chart, with an optional dashed reference line (for example chance level)."""
-    import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(5, 3))[1]
     names = list(values)
@@ -58,7 +55,6 @@ def bars(values: dict[str, float], ax=None, title: str = "", ylabel: str = "accu
 
 def histogram(values, bins: int = 30, ax=None, title: str = "", xlabel: str = "", mark: float | None = None):
     """A histogram with an optional vertical marker (for example the chosen max length)."""
-    import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(5, 3))[1]
     ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)

@@ -33,7 +33,8 @@ class DPConfig:
     """One private (or, with epsilon = inf, non-private) fine-tuning run.
 
     delta defaults to `privacy.default_delta(N)` with N the number of training examples. frozen_layers and
-    lora_rank are checked against the encoder when training starts (a compressed encoder has fewer blocks). The noise multiplier is found by Opacus so
+    lora_rank are checked against the encoder when training starts (a compressed encoder has fewer blocks).
+    The noise multiplier is found by Opacus so
     that `epochs` passes at sampling rate batch_size/N spend exactly `epsilon`.
     """
 

@@ -75,7 +75,7 @@ def test_load_text_file_reads_csv_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("a.csv", "sentence,label\nhi,pos\n", r"a\.csv line 2: no column 'text'.*rename"),
+    ("a.csv", "sentence,label\nhi,pos\n", r"a\.csv line 1: no column 'text'.*rename"),
     ("b.csv", "text,label\nhi,pos\n  ,neg\n", r"b\.csv line 3: empty text; fill it in or delete"),
     ("c.csv", "text,label\nhi,pos\nho,pos\n", r"c\.csv: only one class \('pos'\)"),
     ("d.csv", b"text,label\nhi,pos\ncaf\xe9,neg\n", r"d\.csv line 3: byte 0xe9 is not UTF-8; re-save"),

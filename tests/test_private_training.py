@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from course_utils import audit, frozen, modeling, privacy, private_runs, topmodel
+from course_utils import audit, frozen, modeling, privacy, private_runs
 from course_utils import private_training as pt
+from course_utils import topmodel
 
 HIDDEN = 384  # MiniLM-L6's width (the code reads it from encoder.config)
 
@@ -76,7 +77,8 @@ def test_private_training_spends_its_budget_and_returns_a_plain_model(tmp_cache,
     assert 0.0 <= topmodel.accuracy(run.model, feats) <= 1.0
     cached = private_runs.train_cached(feats, cfg, progress=False)
     reloaded = private_runs.train_cached(feats, cfg, progress=False)
-    np.testing.assert_allclose(topmodel.predict_logits(cached.model, feats), topmodel.predict_logits(reloaded.model, feats))
+    np.testing.assert_allclose(topmodel.predict_logits(cached.model, feats),
+                               topmodel.predict_logits(reloaded.model, feats))
     assert reloaded.epsilon == pytest.approx(cached.epsilon) and reloaded.losses == cached.losses
 
 
@@ -108,7 +110,8 @@ def test_mismatched_features_and_oversized_batches_are_refused(tmp_cache, sample
     with pytest.raises(ValueError, match="larger than the 20 training examples"):
         pt.train_private(feats, pt.DPConfig(frozen_layers=6, batch_size=64), progress=False)
     with pytest.raises(ValueError, match="cached_features"):
-        private_runs.train_cached(frozen.Features(feats.flat, feats.lengths, feats.labels, 6), pt.DPConfig(frozen_layers=6))
+        private_runs.train_cached(frozen.Features(feats.flat, feats.lengths, feats.labels, 6),
+                                  pt.DPConfig(frozen_layers=6))
 
 
 def test_position_embeddings_break_per_sample_gradients_until_frozen(tokenizer) -> None:
@@ -171,6 +174,23 @@ def test_canary_exposures_refuse_unknown_codes(encoder, tokenizer) -> None:
         audit.canary_exposures(model, feats, candidates["code"], canaries.assign(code="zzzz"))
 
 
+def test_canary_exposures_equal_the_per_canary_definition(encoder, tokenizer) -> None:
+    """One forward pass for all canaries must give what the definition gives canary by canary."""
+    candidates, canaries = audit.make_canaries(6, 64, seed=4)
+    feats = frozen.encode_frozen(candidates["text"].tolist(), np.zeros(64, dtype=int), 6, encoder, tokenizer,
+                                 progress=False)
+    model = topmodel.TopClassifier.from_pretrained(6, encoder=encoder, seed=3).eval()
+    with torch.no_grad():  # a head that separates the candidates, so ranks differ between canaries
+        model.classifier.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    got = audit.canary_exposures(model, feats, candidates["code"], canaries)
+    expected = []
+    for code, label in zip(canaries["code"], canaries["label"]):
+        losses = topmodel.per_example_loss(model, feats, labels=np.full(64, label))
+        expected.append(audit.exposure(losses[candidates.index[candidates["code"] == code][0]], losses))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert len(set(np.round(expected, 6))) > 2, "the exposures differ, so a mix-up between canaries would show"
+
+
 def test_lora_trains_only_adapters_and_head_and_reloads(tmp_cache, sample) -> None:
     model = topmodel.TopClassifier.from_pretrained(5, lora_rank=4)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -183,8 +203,11 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_cache, sample) -> No
     for name, p in run.model.named_parameters():  # the block's own weights did not move
         if "lora_" not in name and not name.startswith("classifier."):
             torch.testing.assert_close(p, pretrained[name])
+    moved = [name for name, p in run.model.named_parameters() if "lora_B" in name and p.abs().max() > 0]
+    assert len(moved) == 2, "peft starts lora_B at zero: both adapters (query, value) must have trained"
     again = private_runs.train_cached(feats, cfg, progress=False)
-    np.testing.assert_allclose(topmodel.predict_logits(again.model, feats), topmodel.predict_logits(run.model, feats), atol=1e-6)
+    np.testing.assert_allclose(topmodel.predict_logits(again.model, feats), topmodel.predict_logits(run.model, feats),
+                               atol=1e-6)
     with pytest.raises(ValueError, match="lora_rank needs at least one block on top to adapt; use frozen_layers=5"):
         topmodel.TopClassifier.from_pretrained(6, lora_rank=8)
     with pytest.raises(ValueError, match=r"frozen_layers must be an integer in 0\.\.6 for this 6-block encoder"):

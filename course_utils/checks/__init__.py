@@ -1,0 +1,18 @@
+"""Self-checks that exercise notebooks call on the learner's functions: one module per chapter.
+
+Each check runs the learner's function on a few cases, compares it with the course's reference (the
+`course_utils` function or scikit-learn) and prints one line when all pass. An unfinished stub
+(NotImplementedError) or a wrong answer raises AssertionError with a hint. `from course_utils import checks`
+gives every chapter's checks (`checks.check_macro_f1`); `checks.ch02` holds one chapter's.
+"""
+from . import ch00, ch01, ch02
+from ._common import cmp
+from .ch00 import check_confident_errors, check_logits_to_labels, check_macro_f1, check_recommend, check_token_lengths
+from .ch01 import (check_group_split, check_minmax_train_only, check_random_swap, check_redact_emails,
+                   check_shingle_jaccard)
+from .ch02 import check_attack_auc, check_clip_per_example, check_exposure, check_gaussian_epsilon, check_laplace_count
+
+__all__ = ["ch00", "ch01", "ch02", "cmp", "check_confident_errors", "check_logits_to_labels", "check_macro_f1",
+           "check_recommend", "check_token_lengths", "check_group_split", "check_minmax_train_only",
+           "check_random_swap", "check_redact_emails", "check_shingle_jaccard", "check_attack_auc",
+           "check_clip_per_example", "check_exposure", "check_gaussian_epsilon", "check_laplace_count"]
