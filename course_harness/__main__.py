@@ -1,15 +1,17 @@
-"""Command line: `python -m course_harness {run,bench,exercises,clean,prepare,datacard} ...`."""
+"""Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard} ...`."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from course_utils import report
 from course_utils.assets import prepare_cli
 
-from . import bench, datacard, notebooks
+from . import bench, datacard, notebooks, speed
 
 
 def _log(message: str) -> None:
@@ -31,6 +33,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(bench.benchmark_table(rows))
     _log(f"wrote {json_path} and {md_path}")
     return 0 if all(row["ok"] for row in rows) else 1
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    """Time the course loop against Trainer on chapter 00's recipe; record the row in results/benchmark.*."""
+    started = time.perf_counter()
+    table = speed.compare(train_size=args.train_size, epochs=args.epochs)
+    print(table.to_string())
+    row = {"notebook": speed.BENCH_NAME, "mode": "full" if args.train_size is None else f"n={args.train_size}",
+           "ok": True, "wall_s": round(time.perf_counter() - started, 1), "peak_rss_mb": 0.0, "error": "",
+           "figures": speed.speed_figures(table), "date": datetime.now(timezone.utc).date().isoformat()}
+    json_path, md_path = bench.write_benchmark([row], bench.results_for(args.root))
+    _log(f"wrote {json_path} and {md_path}")
+    return 0
 
 
 def _report_sync(found: list[str], check: bool, problem: str, done: str) -> int:
@@ -89,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     prepare = sub.add_parser("prepare", add_help=False, help="fetch and extract the offline assets (prepare --help)")
     datacard = sub.add_parser("datacard", parents=[root_after], help="regenerate data/README.md from the data")
+    speed_ = sub.add_parser("speed", parents=[root_after],
+                            help="time the course's training loop against transformers' Trainer (results/benchmark.*)")
+    speed_.add_argument("--train-size", type=int, default=None, help="training sentences (default: all 8,452)")
+    speed_.add_argument("--epochs", type=int, default=1, help="epochs for both (default 1)")
     for p, handler in ((run, _cmd_run), (bench_, _cmd_bench), (exercises, _cmd_exercises),
-                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard)):
+                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard), (speed_, _cmd_speed)):
         p.set_defaults(handler=handler)
     return parser
 

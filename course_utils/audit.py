@@ -67,6 +67,43 @@ def calibrated_attack(member_losses, nonmember_losses, member_ref_losses, nonmem
     return attack_metrics(ref_m - members, ref_n - nonmembers)
 
 
+def membership_audit(targets: dict, nonmember_ref_losses) -> pd.DataFrame:
+    """Loss and calibrated attacks on each target, one row per (model, epsilon).
+
+    `targets` maps (model name, epsilon) to (member losses, non-member losses, members' reference losses); the
+    non-members' reference losses are shared. Columns: loss/calibrated AUC and TPR at 1% FPR.
+    """
+    rows = []
+    for (name, epsilon), (members, nonmembers, member_ref) in targets.items():
+        row = {"model": name, "epsilon": epsilon}
+        row.update({f"loss {k}": v for k, v in loss_attack(members, nonmembers).items()})
+        row.update({f"calibrated {k}": v for k, v in
+                    calibrated_attack(members, nonmembers, member_ref, nonmember_ref_losses).items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "epsilon"])
+
+
+def dp_tpr_bound(fpr, epsilon: float, delta: float) -> np.ndarray:
+    """The highest true-positive rate ANY membership attack on one record can reach at false-positive rate `fpr`
+    against an (epsilon, delta)-DP training run: min(e^eps fpr + delta, 1 - e^-eps (1 - delta - fpr)), the
+    hypothesis-testing view of DP (Kairouz et al. 2015). epsilon = inf allows everything (1)."""
+    fpr = np.asarray(fpr, dtype=float)
+    if ((fpr < 0) | (fpr > 1)).any():
+        raise ValueError("fpr must lie in [0, 1]; pass false-positive rates such as 0.01")
+    if not 0 <= delta < 1:
+        raise ValueError(f"delta must be in [0, 1), got {delta}; pass the run's delta")
+    if math.isinf(epsilon):
+        return np.ones_like(fpr)
+    bound = np.minimum(math.exp(epsilon) * fpr + delta, 1 - math.exp(-epsilon) * (1 - delta - fpr))
+    return np.clip(np.maximum(bound, fpr), 0.0, 1.0)
+
+
+def dp_auc_bound(epsilon: float, delta: float, points: int = 200_001) -> float:
+    """The largest ROC AUC any attack on one record can reach against an (epsilon, delta)-DP run."""
+    fpr = np.linspace(0.0, 1.0, points)
+    return float(np.trapezoid(dp_tpr_bound(fpr, epsilon, delta), fpr))
+
+
 def make_canaries(n_canaries: int, n_candidates: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Candidate secrets (distinct 4-digit PINs in the template) and the canaries drawn from them.
 

@@ -1,4 +1,5 @@
-"""Data preparation experiments: MinHash leakage, label issues, scaling, augmentation, group splits (chapter 01).
+"""Data preparation experiments: MinHash leakage (checked against an exact Jaccard scan), label issues, random-removal
+controls, scaling, augmentation, group splits (chapter 01).
 
 The experiments train the TF-IDF + logistic-regression baseline of chapter 00 (seconds per fit) so each one can be
 repeated over seeds on a laptop; the fine-tuned transformer reacts in the same direction (exercise 1.5 checks).
@@ -13,7 +14,7 @@ import torch
 from cleanlab.filter import find_label_issues
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from scipy.stats import pearsonr
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.pipeline import make_pipeline
@@ -44,13 +45,9 @@ def jaccard(a: str, b: str, k: int = SHINGLE) -> float:
 
 
 def minhashes(texts: list[str], num_perm: int = NUM_PERM, seed: int = 1) -> list:
-    """One datasketch LeanMinHash per text, from its character shingles."""
-    out = []
-    for text in texts:
-        m = MinHash(num_perm=num_perm, seed=seed)
-        m.update_batch([s.encode("utf-8") for s in shingles(text)])
-        out.append(LeanMinHash(m))
-    return out
+    """One datasketch LeanMinHash per text, from its character shingles (MinHash.bulk shares the permutations)."""
+    sets = [[s.encode("utf-8") for s in shingles(text)] for text in texts]
+    return [LeanMinHash(m) for m in MinHash.bulk(sets, num_perm=num_perm, seed=seed)]
 
 
 def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7,
@@ -77,6 +74,46 @@ def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: f
     return pairs[pairs["jaccard"] >= threshold].sort_values(["i", "j"]).reset_index(drop=True)
 
 
+def exact_jaccard_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7,
+                        k: int = SHINGLE, chunk: int = 1000) -> pd.DataFrame:
+    """Every pair with exact shingle Jaccard >= threshold (sparse all-pairs scan), in lsh_pairs' format.
+
+    The ground truth LSH approximates: quadratic in the number of texts, so for a few thousand of them.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    same = texts_b is None
+    texts_b = texts_a if same else texts_b
+    vectoriser = CountVectorizer(analyzer=lambda text: shingles(text, k), binary=True, dtype=np.int32)
+    matrix = vectoriser.fit_transform(list(texts_a) + list(texts_b)).tocsr()
+    a, b = matrix[:len(texts_a)], matrix[len(texts_a):]
+    size_a, size_b = a.getnnz(axis=1), b.getnnz(axis=1)
+    frames = []
+    for start in range(0, a.shape[0], chunk):
+        inter = (a[start:start + chunk] @ b.T).tocoo()  # (chunk, len(texts_b)) shared shingles, sparse
+        i, j = inter.row + start, inter.col
+        sim = inter.data / (size_a[i] + size_b[j] - inter.data)
+        keep = (sim >= threshold) & ((i < j) if same else True)
+        frames.append(pd.DataFrame({"i": i[keep], "j": j[keep], "jaccard": sim[keep]}))
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["i", "j", "jaccard"])
+    return pairs.astype({"i": int, "j": int}).sort_values(["i", "j"]).reset_index(drop=True)
+
+
+def lsh_miss_probability(jaccard: np.ndarray | float, threshold: float = 0.7,
+                         num_perm: int = NUM_PERM) -> np.ndarray:
+    """Chance that LSH never pairs two texts of this Jaccard: (1 - J^r)^b with datasketch's bands b and rows r."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # picks b, r for the threshold (and checks it)
+    return (1 - np.asarray(jaccard, dtype=float) ** lsh.r) ** lsh.b
+
+
+def lsh_miss_rate(exact: pd.DataFrame, found: pd.DataFrame) -> float:
+    """Share of the exact pairs (exact_jaccard_pairs) that LSH (lsh_pairs) did not return."""
+    if exact.empty:
+        raise ValueError("no exact pairs to measure a miss rate on; lower the threshold or scan more texts")
+    hit = exact.merge(found[["i", "j"]].drop_duplicates(), on=["i", "j"], how="left", indicator=True)
+    return float((hit["_merge"] == "left_only").mean())
+
+
 def merged_sources() -> pd.DataFrame:
     """The movie sentences plus the Rotten Tomatoes corpus: two dumps of one corpus, as a careless merge makes."""
     movie = data.load_domain("movie")[["text", "label"]].assign(source="vader")
@@ -94,6 +131,7 @@ class LeakResult:
     accuracy_with_leak: float
     accuracy_without_leak: float
     accuracy_on_twinned_test_rows: float
+    accuracy_random_removal: tuple[float, ...] = ()  # as many random rows removed instead, one per control seed
 
     @property
     def inflation(self) -> float:
@@ -101,9 +139,13 @@ class LeakResult:
         return self.accuracy_with_leak - self.accuracy_without_leak
 
 
-def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0,
-                    threshold: float = 0.7) -> LeakResult:
-    """Random split, find train rows with a near twin in test (LSH), train with and without them (same seed)."""
+def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0, threshold: float = 0.7,
+                    control_seeds: tuple[int, ...] = (0, 1, 2)) -> LeakResult:
+    """Random split, find train rows with a near twin in test (LSH), train with and without them (same seed).
+
+    Removing the leaked rows also shrinks the training set, so the control removes as many random rows without a
+    twin (same label mix) instead, once per control seed.
+    """
     train, test = train_test_split(frame, test_size=test_size, stratify=frame["label"], random_state=seed)
     train, test = train.reset_index(drop=True), test.reset_index(drop=True)
     pairs = lsh_pairs(list(train["text"]), list(test["text"]), threshold)
@@ -112,7 +154,9 @@ def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0,
     _, without = tfidf_baseline(train.drop(index=leaked), test)
     twinned = sorted(set(pairs["j"]))
     on_twinned = float((with_leak.preds[twinned] == test["label"].to_numpy()[twinned]).mean()) if twinned else 0.0
-    return LeakResult(len(leaked), len(twinned), with_leak.accuracy, without.accuracy, on_twinned)
+    control = random_removal_control(train, test, leaked, control_seeds)
+    return LeakResult(len(leaked), len(twinned), with_leak.accuracy, without.accuracy, on_twinned,
+                      tuple(control["accuracy"]))
 
 
 # ---------------------------------------------------------------- label quality
@@ -137,6 +181,37 @@ def removal_effect(train: pd.DataFrame, test: pd.DataFrame, drop_index: list) ->
     _, kept = tfidf_baseline(train, test)
     _, cleaned = tfidf_baseline(train.drop(index=drop_index), test)
     return {"all rows": kept.accuracy, "flagged rows removed": cleaned.accuracy}
+
+
+def random_rows_like(frame: pd.DataFrame, drop_index: list, seed: int) -> pd.Index:
+    """As many random rows of each label as drop_index holds, drawn from the other rows (a removal's control)."""
+    drop = pd.Index(drop_index).unique()
+    missing = drop.difference(frame.index)
+    if len(missing):
+        raise ValueError(f"drop_index has {len(missing)} rows not in the frame (first: {missing[0]!r}); "
+                         "pass index labels of the frame itself")
+    others = frame.drop(index=drop)
+    picks = []
+    for label, n in frame.loc[drop, "label"].value_counts().sort_index().items():
+        pool = others[others["label"] == label]
+        if n > len(pool):
+            raise ValueError(f"drop_index holds {n} rows of label {label} but only {len(pool)} others remain; "
+                             "a random control needs as many rows outside drop_index")
+        picks.extend(pool.sample(n=int(n), random_state=seed).index)
+    return pd.Index(picks)
+
+
+def random_removal_control(train: pd.DataFrame, test: pd.DataFrame, drop_index: list,
+                           seeds: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+    """Test accuracy of the baseline with other, random rows removed instead of drop_index (same count per label).
+
+    One row per seed; the control for removal_effect and the leak experiment (chapter 01).
+    """
+    rows = []
+    for seed in seeds:
+        kept = train.drop(index=random_rows_like(train, drop_index, seed))
+        rows.append({"seed": seed, "train rows": len(kept), "accuracy": tfidf_baseline(kept, test)[1].accuracy})
+    return pd.DataFrame(rows, columns=["seed", "train rows", "accuracy"])
 
 
 # ---------------------------------------------------------------- standardisation of the rating target

@@ -172,6 +172,12 @@ def predict(model, tokenizer, texts: list[str], label_names: list[str] | None = 
     return [label_names[p] for p in preds] if label_names else preds
 
 
+def example_losses(model, tokenizer, frame: pd.DataFrame, max_length: int = 64) -> np.ndarray:
+    """Cross-entropy of each labelled sentence (N,): the membership-inference signal for a whole model."""
+    probs = predict_proba(model, tokenizer, frame["text"].tolist(), max_length=max_length)
+    return -np.log(np.clip(probs[np.arange(len(frame)), frame["label"].to_numpy()], 1e-12, None))
+
+
 def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_size: int = 64) -> EvalResult:
     """Accuracy, macro F1, confusion matrix and probabilities on a labelled frame."""
     probs = predict_proba(model, tokenizer, frame["text"].tolist(), batch_size, max_length)

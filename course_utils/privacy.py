@@ -96,10 +96,41 @@ def _check_steps(steps: int) -> int:
 
 
 def default_delta(n: int) -> float:
-    """delta = 1/N for N training examples (not batches): a ceiling, smaller is safer (chapter 02)."""
+    """delta = 1/(10 N) for N training examples (not batches) (chapter 02).
+
+    delta is the probability with which the guarantee may fail outright: a mechanism that publishes one random
+    record in full is (0, 1/N)-DP. So delta must sit well below 1/N; a tenth of it is the course's choice.
+    """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be the number of training examples (an integer >= 2), got {n!r}; pass len(train)")
-    return check_delta(1.0 / n)
+    return check_delta(1.0 / (10 * n))
+
+
+def basic_composition(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """k (epsilon, delta)-DP releases on the same data are (k epsilon, k delta)-DP (basic composition) (chapter 02)."""
+    check_epsilon(epsilon)
+    k = _check_count(k)
+    return k * epsilon, k * delta
+
+
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """What (epsilon, delta)-DP guarantees for a group of k records, e.g. one secret written k times: (k eps,
+    k e^((k-1) eps) delta) (chapter 02). Pure DP (delta = 0) gives k eps; with delta > 0 the delta term explodes."""
+    check_epsilon(epsilon)
+    k = _check_count(k)
+    if not 0 <= delta < 1:
+        raise ValueError(f"delta must be in [0, 1), got {delta}; pass the run's delta")
+    if delta == 0:
+        return k * epsilon, 0.0
+    log_delta = math.log(k) + (k - 1) * epsilon + math.log(delta)  # in logs: e^((k-1) eps) overflows for large k
+    return k * epsilon, 1.0 if log_delta >= 0 else math.exp(log_delta)
+
+
+def _check_count(k: int) -> int:
+    """A positive whole number of releases or records."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer (releases or records), got {k!r}")
+    return int(k)
 
 
 # ---------------------------------------------------------------------------------------------- mechanisms

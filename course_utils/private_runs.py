@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from . import config, store
+from . import config, privacy, store
 from .frozen import Features
 from .modeling import encoder_identity
 from .private_training import DPConfig, PrivateRun, train_private
@@ -21,11 +21,14 @@ from .topmodel import TopClassifier
 
 
 def run_key(train: Features, cfg: DPConfig, encoder=None) -> str:
-    """Cache key of one run: the rows (their features' key), every field of the config, the encoder."""
+    """Cache key of one run: the rows (their features' key), every field of the config, the delta it resolves to
+    (`DPConfig.delta=None` means `privacy.default_delta(N)`: changing that default must not reuse old runs), the
+    encoder."""
     if not train.key:
         raise ValueError("these features have no cache key; build them with frozen.cached_features (or call "
                          "private_training.train_private directly)")
-    return store.key("private-run", train.key, cfg, encoder_identity(encoder))
+    delta = cfg.delta if cfg.delta is not None else privacy.default_delta(len(train))  # the delta the run uses
+    return store.key("private-run", train.key, cfg, delta, encoder_identity(encoder))
 
 
 def train_cached(train: Features, cfg: DPConfig, progress: bool = True, retrain: bool | None = None,

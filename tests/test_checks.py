@@ -416,3 +416,30 @@ def test_exposure_check():
                    ("strictly lower",  # rank counted from 0
                     lambda c, l: math.log2(len(l)) - math.log2(max(1, int((np.asarray(l) < c).sum())))),
                    (r"bits \(log2\)", lambda c, l: math.log(len(l)) - math.log(1 + int((np.asarray(l) < c).sum())))])
+
+
+ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS}
+
+
+@pytest.mark.parametrize("exercise", sorted(ALL_QUESTIONS))
+def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(exercise, capsys) -> None:
+    question = ALL_QUESTIONS[exercise]
+    assert question.correct in question.options and set(question.why) == set(question.options)
+    assert exercise.split(".")[0] == {"ch00": "0", "ch01": "1", "ch02": "2"}[
+        next(name for name in ("ch00", "ch01", "ch02") if exercise in getattr(checks, name).QUESTIONS)]
+    for written in (question.correct, question.correct.upper(), f"({question.correct})", f" {question.correct} "):
+        checks.check_question(exercise, lambda w=written: w)   # any way of writing the right letter
+    assert f"Exercise {exercise}: right" in capsys.readouterr().out
+    for letter in set(question.options) - {question.correct}:
+        with pytest.raises(AssertionError, match=rf"Exercise {exercise}: not \({letter}\): "
+                                                 + re.escape(question.why[letter])):
+            checks.check_question(exercise, lambda letter=letter: letter)
+    with pytest.raises(AssertionError, match="not done yet"):
+        checks.check_question(exercise, stub)
+    with pytest.raises(AssertionError, match="answer with one of the letters"):
+        checks.check_question(exercise, lambda: "z")
+
+
+def test_unknown_questions_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"no multiple-choice exercise '9.1'; choose one of \['0.6'"):
+        checks.check_question("9.1", lambda: "a")

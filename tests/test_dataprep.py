@@ -1,4 +1,5 @@
-"""Chapter 01 experiments: MinHash/LSH against exact Jaccard, leak experiment, label issues, scaling, augmentation."""
+"""Chapter 01 experiments: MinHash/LSH against exact Jaccard, leak experiment and its random-removal control, label
+issues, scaling, augmentation."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,7 @@ import pandas as pd
 import pytest
 
 from course_utils import data, dataprep
+from course_utils.baselines import tfidf_baseline
 
 
 def test_minhash_estimate_is_close_to_exact_jaccard():
@@ -32,9 +34,77 @@ def test_lsh_finds_planted_near_duplicates_and_nothing_else(movie):
 def test_leak_experiment_measures_inflation(movie):
     base = data.subsample(movie, 1500, seed=2)
     twins = base.iloc[:600].assign(text=lambda f: f["text"].str.upper() + "!")  # a careless merge
-    result = dataprep.leak_experiment(pd.concat([base, twins], ignore_index=True), seed=0)
+    result = dataprep.leak_experiment(pd.concat([base, twins], ignore_index=True), seed=0, control_seeds=(0, 1))
     assert result.leaked_rows > 50 and result.test_rows_with_twin > 50
     assert result.inflation > 0.02 and result.accuracy_on_twinned_test_rows > result.accuracy_without_leak
+    assert len(result.accuracy_random_removal) == 2
+    # random rows keep most twins: removing them costs less than removing the leaked rows
+    assert min(result.accuracy_random_removal) > result.accuracy_without_leak + 0.01, result
+
+
+def test_exact_jaccard_pairs_match_the_pairwise_definition(movie):
+    texts = list(movie["text"].iloc[:80])
+    texts += [texts[3] + " !", texts[10].replace(",", "").upper(), " ".join(texts[20].split()[:-2])]
+    words = texts[30].split()
+    texts += [" ".join(words[:-cut]) for cut in range(1, 8)]  # Jaccard with texts[30] falls through the threshold
+    brute = {(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))
+             if dataprep.jaccard(texts[i], texts[j]) >= 0.6}
+    exact = dataprep.exact_jaccard_pairs(texts, threshold=0.6, chunk=7)  # chunks that do not divide the rows
+    assert set(zip(exact["i"], exact["j"])) == brute and len(brute) >= 3
+    assert any(dataprep.jaccard(texts[30], t) < 0.6 for t in texts[83:]), "some truncations fall below"
+    assert exact["jaccard"].to_numpy() == pytest.approx([dataprep.jaccard(texts[i], texts[j])
+                                                         for i, j in zip(exact["i"], exact["j"])])
+    across = dataprep.exact_jaccard_pairs(texts[80:83], texts[:80], threshold=0.6)
+    brute_across = {(i, j) for i in range(3) for j in range(80) if dataprep.jaccard(texts[80 + i], texts[j]) >= 0.6}
+    assert set(zip(across["i"], across["j"])) == brute_across and {(0, 3), (1, 10)} <= brute_across
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        dataprep.exact_jaccard_pairs(texts, threshold=0)
+
+
+def test_lsh_miss_rate_counts_exact_pairs_lsh_did_not_return():
+    exact = pd.DataFrame({"i": [0, 0, 1, 2], "j": [1, 2, 3, 3], "jaccard": [0.9, 0.8, 0.75, 0.7]})
+    found = pd.DataFrame({"i": [0, 2, 5], "j": [1, 3, 6], "jaccard": [0.9, 0.7, 0.95]})  # (5, 6) is not exact
+    assert dataprep.lsh_miss_rate(exact, found) == pytest.approx(0.5)
+    assert dataprep.lsh_miss_rate(exact, exact) == 0.0
+    with pytest.raises(ValueError, match="no exact pairs"):
+        dataprep.lsh_miss_rate(exact.iloc[:0], found)
+
+
+def test_random_rows_like_matches_count_and_labels():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": [i % 3 == 0 for i in range(200)]},
+                         index=range(1000, 1200)).astype({"label": int})
+    drop = list(range(1000, 1060))  # 20 of label 1, 40 of label 0: a draw from all rows would hit some of them
+    rows = dataprep.random_rows_like(frame, drop, seed=0)
+    assert len(rows) == len(drop) and rows.is_unique and rows.isin(frame.index).all()
+    assert not rows.isin(drop).any(), "the control removes other rows than the ones it stands in for"
+    assert frame.loc[rows, "label"].value_counts().to_dict() == frame.loc[drop, "label"].value_counts().to_dict()
+    assert rows.equals(dataprep.random_rows_like(frame, drop, seed=0))
+    assert set(rows) != set(dataprep.random_rows_like(frame, drop, seed=1))
+    assert len(dataprep.random_rows_like(frame, [], seed=0)) == 0
+    with pytest.raises(ValueError, match="rows not in the frame"):
+        dataprep.random_rows_like(frame, [5], seed=0)
+    too_many = list(frame.index[(frame["label"] == 0).to_numpy()][:67]) + [1000]  # 67 of the 133 label-0 rows
+    with pytest.raises(ValueError, match="only 66 others remain"):
+        dataprep.random_rows_like(frame, too_many, seed=0)
+
+
+def test_lsh_miss_probability_follows_the_s_curve():
+    j = np.linspace(0, 1, 11)
+    miss = dataprep.lsh_miss_probability(j, threshold=0.7)
+    assert miss[0] == 1.0 and miss[-1] == 0.0 and (np.diff(miss) <= 0).all()
+    assert 0.3 < dataprep.lsh_miss_probability(0.7) < 0.7 and dataprep.lsh_miss_probability(0.9) < 0.01
+    assert dataprep.lsh_miss_probability(0.8, threshold=0.9) > dataprep.lsh_miss_probability(0.8, threshold=0.7)
+
+
+def test_random_removal_control_removes_exactly_n_rows(movie):
+    frame = data.subsample(movie, 1500, seed=7)
+    train, test = frame.iloc[:1200], frame.iloc[1200:]
+    drop = list(train.index[:150])
+    control = dataprep.random_removal_control(train, test, drop, seeds=(0, 1, 2))
+    assert list(control["seed"]) == [0, 1, 2] and (control["train rows"] == 1200 - 150).all()
+    assert control["accuracy"].nunique() > 1, "different seeds remove different rows"
+    nothing = dataprep.random_removal_control(train, test, [], seeds=(0,))
+    assert nothing["accuracy"].iloc[0] == tfidf_baseline(train, test)[1].accuracy
 
 
 def test_label_issues_find_flipped_labels(movie):

@@ -51,7 +51,7 @@ def test_checks_raise_one_line_naming_the_value(check, bad) -> None:
 def test_checks_accept_valid_values() -> None:
     assert privacy.check_epsilon(math.inf, allow_inf=True) == math.inf
     assert privacy.check_sample_rate(1.0) == 1.0 and privacy.check_noise_multiplier(0) == 0.0
-    assert privacy.default_delta(1000) == pytest.approx(1e-3)
+    assert privacy.default_delta(1000) == pytest.approx(1e-4)  # 1/(10 N)
 
 
 # ---------------------------------------------------------------------------------------------- mechanisms
@@ -249,3 +249,33 @@ def test_unsupported_layer_check_names_batchnorm() -> None:
     assert "\n" not in str(info.value)
     privacy.unsupported_layer_check(ModuleValidator.fix(model))  # GroupNorm instead: passes
     privacy.unsupported_layer_check(Tiny())
+
+
+def test_composition_and_group_privacy() -> None:
+    assert privacy.basic_composition(0.5, 1e-6, 4) == (2.0, 4e-6)
+    assert privacy.group_privacy(0.5, 0.0, 10) == (5.0, 0.0)                       # pure DP: k epsilon
+    eps, delta = privacy.group_privacy(1.0, 1e-6, 3)
+    assert eps == 3.0 and delta == pytest.approx(3 * math.exp(2.0) * 1e-6, rel=1e-12)
+    assert privacy.group_privacy(8.0, 1 / 84_520, 10) == (80.0, 1.0)               # ten copies at eps 8: nothing
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        privacy.group_privacy(1.0, 1e-6, 0)
+
+
+def test_dp_bounds_on_membership_attacks() -> None:
+    from course_utils import audit
+
+    fpr = np.linspace(0, 1, 11)
+    np.testing.assert_allclose(audit.dp_tpr_bound(fpr, 1e-9, 0.0), fpr, atol=1e-8)  # no leakage: guessing
+    assert audit.dp_auc_bound(1e-9, 0.0) == pytest.approx(0.5, abs=1e-6)
+    # epsilon 1, delta 0: TPR <= e * FPR up to the crossing, closed form of the area
+    e = math.e
+    x = 1 / (1 + e)  # where e*x = 1 - (1 - x)/e
+    area = e * x * x / 2 + (1 - x) - (1 - x) ** 2 / (2 * e)
+    assert audit.dp_auc_bound(1.0, 0.0) == pytest.approx(area, abs=1e-6)
+    assert audit.dp_tpr_bound(0.01, 1.0, 0.0) == pytest.approx(e * 0.01)
+    assert audit.dp_tpr_bound(0.01, 8.0, 1e-5) > 0.999                             # eps 8 allows a near-perfect attack
+    aucs = [audit.dp_auc_bound(eps, 1e-5) for eps in (0.5, 1, 3, 8)]
+    assert aucs == sorted(aucs) and aucs[-1] > 0.999
+    assert audit.dp_auc_bound(math.inf, 1e-5) == 1.0
+    with pytest.raises(ValueError, match="fpr must lie in"):
+        audit.dp_tpr_bound(1.5, 1.0, 0.0)

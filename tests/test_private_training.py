@@ -71,7 +71,7 @@ def test_private_training_spends_its_budget_and_returns_a_plain_model(tmp_cache,
     cfg = pt.DPConfig(epsilon=2.0, frozen_layers=6, epochs=2, batch_size=16, lr=1e-2, clip_norm=0.5)
     run = pt.train_private(feats, cfg, progress=False)
     assert run.epsilon == pytest.approx(2.0, abs=0.05) and run.noise_multiplier > 0.5
-    assert run.delta == pytest.approx(1 / len(sample)) and run.steps == 2 * 6 and len(run.losses) <= run.steps
+    assert run.delta == pytest.approx(1 / (10 * len(sample))) and run.steps == 2 * 6 and len(run.losses) <= run.steps
     assert type(run.model) is topmodel.TopClassifier
     assert not any(m._forward_hooks or m._backward_hooks for m in run.model.modules())  # Opacus hooks removed
     assert 0.0 <= topmodel.accuracy(run.model, feats) <= 1.0
@@ -212,3 +212,24 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_cache, sample) -> No
         topmodel.TopClassifier.from_pretrained(6, lora_rank=8)
     with pytest.raises(ValueError, match=r"frozen_layers must be an integer in 0\.\.6 for this 6-block encoder"):
         topmodel.TopClassifier.from_pretrained(7)
+
+
+def test_membership_audit_tabulates_each_target_like_the_attacks() -> None:
+    rng = np.random.default_rng(0)
+    leaky = (rng.exponential(0.5, 200), rng.exponential(1.0, 200), rng.exponential(1.0, 200))
+    private = (rng.exponential(1.0, 200), rng.exponential(1.0, 200), rng.exponential(1.0, 200))
+    ref_nonmembers = rng.exponential(1.0, 200)
+    table = audit.membership_audit({("leaky", math.inf): leaky, ("private", 8.0): private}, ref_nonmembers)
+    assert list(table.index) == [("leaky", math.inf), ("private", 8.0)]
+    assert table.loc[("leaky", math.inf), "loss auc"] == audit.loss_attack(*leaky[:2])["auc"] > 0.6
+    calibrated = audit.calibrated_attack(private[0], private[1], private[2], ref_nonmembers)
+    assert table.loc[("private", 8.0), "calibrated auc"] == calibrated["auc"]
+    assert set(table.columns) == {"loss auc", "loss tpr_at_1pct_fpr", "calibrated auc", "calibrated tpr_at_1pct_fpr"}
+
+
+def test_example_losses_are_the_cross_entropy_of_each_sentence(tokenizer, sample) -> None:
+    model = modeling.load_model().eval()
+    frame = sample.head(6)
+    probs = modeling.predict_proba(model, tokenizer, frame["text"].tolist())
+    expected = [-math.log(probs[i, label]) for i, label in enumerate(frame["label"])]
+    np.testing.assert_allclose(modeling.example_losses(model, tokenizer, frame), expected, rtol=1e-6)

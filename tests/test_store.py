@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from course_utils import assets, config, frozen, modeling, private_runs
+from course_utils import assets, config, frozen, modeling, privacy, private_runs
 from course_utils import private_training as pt
 from course_utils import store
 
@@ -102,7 +102,7 @@ def test_features_key_changes_with_every_argument(movie, encoder, tokenizer) -> 
         texts, labels, 5, encoder=modeling.load_model().bert), "the same weights, the same key"
 
 
-def test_run_key_changes_with_features_config_and_encoder(encoder) -> None:
+def test_run_key_changes_with_features_config_and_encoder(encoder, monkeypatch) -> None:
     feats = frozen.Features(torch.zeros(3, 4, dtype=torch.float16), torch.tensor([1, 2]), torch.tensor([0, 1]), 6,
                             key="abc")
     cfg = pt.DPConfig(frozen_layers=6)
@@ -113,6 +113,8 @@ def test_run_key_changes_with_features_config_and_encoder(encoder) -> None:
     for name, value in changes.items():
         assert private_runs.run_key(feats, dataclasses.replace(cfg, **{name: value})) != base, name
     assert private_runs.run_key(dataclasses.replace(feats, key="abd"), cfg) != base
+    monkeypatch.setattr(privacy, "default_delta", lambda n: 1 / (100 * n))
+    assert private_runs.run_key(feats, cfg) != base, "the default delta is part of what the run used"
     assert private_runs.run_key(feats, cfg, encoder=encoder) != base
     with pytest.raises(ValueError, match="no cache key; build them with frozen.cached_features"):
         private_runs.run_key(dataclasses.replace(feats, key=""), cfg)

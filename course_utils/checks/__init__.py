@@ -6,13 +6,25 @@ Each check runs the learner's function on a few cases, compares it with the cour
 gives every chapter's checks (`checks.check_macro_f1`); `checks.ch02` holds one chapter's.
 """
 from . import ch00, ch01, ch02
-from ._common import cmp
+from ._common import check_choice, cmp
 from .ch00 import check_confident_errors, check_logits_to_labels, check_macro_f1, check_recommend, check_token_lengths
 from .ch01 import (check_group_split, check_minmax_train_only, check_random_swap, check_redact_emails,
                    check_shingle_jaccard)
 from .ch02 import check_attack_auc, check_clip_per_example, check_exposure, check_gaussian_epsilon, check_laplace_count
 
-__all__ = ["ch00", "ch01", "ch02", "cmp", "check_confident_errors", "check_logits_to_labels", "check_macro_f1",
+__all__ = ["ch00", "ch01", "ch02", "cmp", "check_question", "check_confident_errors", "check_logits_to_labels", "check_macro_f1",
            "check_recommend", "check_token_lengths", "check_group_split", "check_minmax_train_only",
            "check_random_swap", "check_redact_emails", "check_shingle_jaccard", "check_attack_auc",
            "check_clip_per_example", "check_exposure", "check_gaussian_epsilon", "check_laplace_count"]
+
+
+CHAPTERS = {"0": ch00, "1": ch01, "2": ch02}
+
+
+def check_question(exercise: str, fn) -> None:
+    """A multiple-choice exercise of any chapter ('0.6', '2.7'): prints the question; `fn()` returns your letter."""
+    module = CHAPTERS.get(str(exercise).split(".")[0])
+    if module is None or exercise not in module.QUESTIONS:
+        known = sorted(q for m in CHAPTERS.values() for q in m.QUESTIONS)
+        raise ValueError(f"no multiple-choice exercise {exercise!r}; choose one of {known}")
+    check_choice(exercise, module.QUESTIONS[exercise], fn)

@@ -6,6 +6,7 @@ Each check runs the learner's function on a few cases, compares it with the cour
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -36,3 +37,31 @@ def cmp(name: str, mine, reference, atol: float = 1e-6) -> bool:
     return close
 
 
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question: the options, the right one, and why each other one is wrong."""
+
+    text: str
+    options: dict[str, str]      # letter -> option
+    correct: str                 # the right letter
+    why: dict[str, str]          # letter -> explanation (the right one's says why it is right)
+
+
+def show_question(question: Question) -> None:
+    """Print a question and its options."""
+    print(question.text)
+    for letter, option in question.options.items():
+        print(f"  ({letter}) {option}")
+
+
+def check_choice(exercise: str, question: Question, fn: Callable[[], str]) -> None:
+    """A self-checked multiple-choice answer: `fn()` returns a letter; a wrong one is told why it is wrong."""
+    show_question(question)
+    raw = _call(exercise, fn)
+    letter = str(raw).strip().strip("()").lower()
+    assert letter in question.options, (
+        f"Exercise {exercise}: answer with one of the letters {', '.join(question.options)}, got {raw!r}")
+    assert letter == question.correct, f"Exercise {exercise}: not ({letter}): {question.why[letter]}"
+    print(f"Exercise {exercise}: right, ({letter}). {question.why[letter]}")

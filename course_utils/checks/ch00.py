@@ -10,9 +10,9 @@ import torch
 from sklearn.metrics import f1_score
 
 from ..evaluation import confident_errors, rank_items
-from ._common import _call, _passed
+from ._common import Question, _call, _passed
 
-__all__ = ["check_token_lengths", "check_logits_to_labels", "check_macro_f1", "check_recommend",
+__all__ = ["QUESTIONS", "check_token_lengths", "check_logits_to_labels", "check_macro_f1", "check_recommend",
            "check_confident_errors"]
 
 SAMPLE_TEXTS = ["A gorgeous, witty, seductive movie.", "Unwatchable.",
@@ -126,3 +126,24 @@ def check_confident_errors(fn: Callable) -> None:
             f"Exercise 0.5: k={k}: expected {expected[:5]}..., got {got[:5]}...; keep rows where the argmax "
             "differs from the label, sort by the max probability, highest first")
     _passed("0.5", 3)
+
+
+QUESTIONS = {
+    "0.6": Question(
+        "The seed evaluates a sentence classifier with `outputs.logits.argmax(dim=2)`. Why does it fail?",
+        {"a": "sentence-classification logits are (batch, num_labels): there is no dimension 2",
+         "b": "argmax needs probabilities, so softmax must come first",
+         "c": "dimension 2 holds the tokens, which must be pooled before the argmax"},
+        "a",
+        {"a": "Token-tagging logits are (batch, seq_len, num_labels); a sentence classifier's have no sequence axis.",
+         "b": "softmax is monotonic: the argmax of the logits and of the probabilities is the same.",
+         "c": "the model already pooled the tokens (the pooler over [CLS]); its logits have no token axis left."}),
+    "0.7": Question(
+        "Validation accuracy picked the best of two epochs. Which number do you report as the model's accuracy?",
+        {"a": "the best validation accuracy", "b": "the test accuracy of the checkpoint chosen on validation",
+         "c": "the best test accuracy over the two epochs"},
+        "b",
+        {"a": "it was used to choose the checkpoint, so it is biased upwards: a choice made on a set overfits it.",
+         "b": "the test split played no part in any choice, so it estimates accuracy on new sentences.",
+         "c": "choosing the epoch by its test accuracy turns the test split into a validation split: optimistic."}),
+}

@@ -9,9 +9,9 @@ from sklearn.preprocessing import MinMaxScaler
 
 from ..cleaning import PII_PATTERNS
 from ..dataprep import jaccard
-from ._common import _call, _passed
+from ._common import Question, _call, _passed
 
-__all__ = ["check_redact_emails", "check_shingle_jaccard", "check_minmax_train_only", "check_random_swap",
+__all__ = ["QUESTIONS", "check_redact_emails", "check_shingle_jaccard", "check_minmax_train_only", "check_random_swap",
            "check_group_split"]
 
 # (text, what it tests, outputs accepted besides PII_PATTERNS["EMAIL"]'s). Handles come first, so that a pattern
@@ -140,3 +140,26 @@ def check_group_split(fn: Callable) -> None:
     again = fn(frame, "movie_name", 0.2, 0)[1]
     assert list(again.index) == list(test.index), "Exercise 1.5: the same seed must give the same split"
     _passed("1.5", 4)
+
+
+QUESTIONS = {
+    "1.6": Question(
+        "A careless merge put near-copies of test sentences into the training set; test accuracy rose from 0.77 to "
+        "0.92. What does the rise show?",
+        {"a": "the extra rows taught the model more about sentiment",
+         "b": "part of the test set now measures memory of sentences seen in training",
+         "c": "duplicates reduce label noise, so the model is genuinely better"},
+        "b",
+        {"a": "the rise is concentrated on the twinned test rows: accuracy on sentences without a twin barely moves.",
+         "b": "a test sentence with a near-copy in training is answered from memory; it no longer stands for new data.",
+         "c": "the labels did not change; only the overlap between training and test did."}),
+    "1.7": Question(
+        "You min-max scale a numeric feature. Where do you fit the scaler?",
+        {"a": "on the training split only, then apply it to validation and test",
+         "b": "on all the data, so that every value lands in [0, 1]",
+         "c": "it does not matter: scaling is a monotonic transform"},
+        "a",
+        {"a": "the test split stands for data you have not seen; values outside [0, 1] there are what deployment sees.",
+         "b": "fitting on the test split leaks its minimum and maximum into training: a (small) test-set leak.",
+         "c": "the transform itself depends on the data it was fitted on, which is what leaks."}),
+}

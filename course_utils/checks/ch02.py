@@ -11,9 +11,9 @@ from sklearn.metrics import roc_auc_score
 
 from ..audit import exposure
 from ..privacy import _gaussian_delta, epsilon_after
-from ._common import _call, _passed
+from ._common import Question, _call, _passed
 
-__all__ = ["check_laplace_count", "check_clip_per_example", "check_gaussian_epsilon", "check_attack_auc",
+__all__ = ["QUESTIONS", "check_laplace_count", "check_clip_per_example", "check_gaussian_epsilon", "check_attack_auc",
            "check_exposure"]
 
 LAPLACE_DRAWS = 20_000  # per epsilon; the std and mean |noise| then sit within 0.8% (one sd) of their values
@@ -160,3 +160,25 @@ def check_exposure(fn: Callable) -> None:
             f"Exercise 2.5: expected {expected:.3f} bits, got {got:.3f}; {hint}rank = 1 + how many candidates have "
             "a strictly lower loss, exposure in bits (log2)")
     _passed("2.5", len(cases))
+
+
+QUESTIONS = {
+    "2.6": Question(
+        "A model is trained with DP-SGD at (epsilon = 8, delta = 1/(10N)) per sentence. A secret appears in ten "
+        "training sentences. What does DP guarantee about the secret?",
+        {"a": "epsilon = 8, like every record", "b": "epsilon = 80 with the same delta",
+         "c": "nothing useful: ten records together are (80, 10 e^72 delta)-DP, and that delta is far above 1"},
+        "c",
+        {"a": "DP's unit is one record; a secret written ten times is a group of ten records.",
+         "b": "k epsilon holds for pure DP only; with delta > 0 group privacy multiplies delta by k e^((k-1) eps).",
+         "c": "group privacy: (k eps, k e^((k-1) eps) delta). At eps = 8 and k = 10 the delta term exceeds 1."}),
+    "2.7": Question(
+        "A loss-threshold attack on your epsilon = 8 model reaches ROC AUC 0.51. What can you conclude?",
+        {"a": "the model is in effect private at a much smaller epsilon",
+         "b": "this attack learns little; epsilon = 8 itself allows any attack an AUC up to 0.9997",
+         "c": "epsilon = 8 is stricter than needed and can be raised safely"},
+        "b",
+        {"a": "an attack gives a lower bound on leakage, never an upper one: a stronger attack may do better.",
+         "b": "DP bounds every attack in the worst case; one attack's result measures that attack on this data.",
+         "c": "a weak attack says nothing about what a larger epsilon would let a stronger one do."}),
+}
