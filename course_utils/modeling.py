@@ -27,6 +27,8 @@ from .data import Splits, course_splits, subsample
 from .evaluation import EvalResult, classification_metrics, predictions_from_logits
 
 CURVE_EVERY = 10  # steps per point of the training-loss curve
+LOOP_VERSION = 2  # part of the checkpoint key: bump it when the loop's arithmetic changes (2: token-length groups,
+                  # fused AdamW)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 123
     train_size: int | None = None
-    save_every: int = 50
+    save_every: int = 100       # optimizer steps between resume saves (about a minute of training on 2 CPU cores)
 
     def __post_init__(self) -> None:
         checks = {"max_length": self.max_length, "batch_size": self.batch_size, "epochs": self.epochs,
@@ -135,7 +137,8 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> 
 
     Length-grouped shuffling (as Hugging Face's `group_by_length`): shuffle, sort by length inside chunks of
     50 batches, cut into batches, shuffle the batches. Similar lengths share a batch, so padding, and time
-    per step, roughly halve while every batch is still random.
+    per step, roughly halve while every batch is still random. Pass token counts (`train_lengths`): sorting by
+    characters leaves about a fifth more tokens to compute.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
@@ -197,6 +200,19 @@ class Progress:
     recent: list[float] = field(default_factory=list)       # losses since the last curve point
 
 
+def train_lengths(tokenizer, frame: pd.DataFrame, max_length: int) -> np.ndarray:
+    """Tokens per training sentence as the model sees them (truncated at max_length): what batches group by."""
+    return np.minimum(np.array(token_lengths(tokenizer, frame["text"].tolist())), max_length)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, fused into one kernel where the device supports it (CPU and CUDA:
+    about twice as fast per step on two CPU cores as the default per-tensor loop, same update)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def _save_state(run_dir: Path, model, optimizer, progress: Progress) -> None:
     """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
 
@@ -241,10 +257,10 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
     Returns the history: one dict per epoch with train loss, validation accuracy/F1 and seconds.
     """
     run_dir = Path(run_dir)
-    lengths = train_frame["text"].str.len().to_numpy()
+    lengths = train_lengths(tokenizer, train_frame, cfg.max_length)
     steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     torch.manual_seed(cfg.seed)
     done = Progress()
     if (run_dir / "state" / "state.json").exists():
@@ -336,7 +352,7 @@ def encoder_identity(encoder: torch.nn.Module | None = None) -> str:
 
 def checkpoint_key(cfg: TrainConfig, splits: Splits) -> str:
     """Cache key: the training configuration, the data and its label names, and the pretrained weights."""
-    return store.key("checkpoint", cfg, splits.fingerprint(), splits.label_names, pretrained_identity())
+    return store.key("checkpoint", LOOP_VERSION, cfg, splits.fingerprint(), splits.label_names, pretrained_identity())
 
 
 def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = True,

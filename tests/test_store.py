@@ -67,6 +67,9 @@ def test_checkpoint_key_changes_with_config_data_labels_and_weights(tiny_splits,
     assert modeling.checkpoint_key(cfg, dataclasses.replace(tiny_splits, test=flipped)) != base
     renamed = dataclasses.replace(tiny_splits, label_names=["neg", "pos"])
     assert modeling.checkpoint_key(cfg, renamed) != base
+    monkeypatch.setattr(modeling, "LOOP_VERSION", modeling.LOOP_VERSION + 1)
+    assert modeling.checkpoint_key(cfg, tiny_splits) != base, "a changed training loop must not reuse checkpoints"
+    monkeypatch.undo()
     monkeypatch.setattr(assets, "MODEL_SAFETENSORS_SHA256", "0" * 64)
     assert modeling.checkpoint_key(cfg, tiny_splits) != base, "other pretrained weights, other checkpoint"
     monkeypatch.setenv("COURSE_MODE", "online")
