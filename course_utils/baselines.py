@@ -7,9 +7,11 @@ import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from transformers import AutoConfig
 
 from .evaluation import EvalResult, classification_metrics
 from .frozen import Features, cached_features
+from .modeling import resolve_model
 
 
 def tfidf_pipeline(c: float = 4.0):
@@ -23,10 +25,15 @@ def tfidf_pipeline(c: float = 4.0):
 def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, c: float = 4.0) -> tuple[object, EvalResult]:
     """Fit TF-IDF + logistic regression on train and evaluate it on test."""
     pipeline = tfidf_pipeline(c).fit(train["text"], train["label"])
-    probs = pipeline.predict_proba(test["text"])  # (N, C), columns in sorted label order
+    return pipeline, _score(pipeline, pipeline.predict_proba(test["text"]), train, test)
+
+
+def _score(fitted, probs: np.ndarray, train: pd.DataFrame, test: pd.DataFrame) -> EvalResult:
+    """Metrics from a scikit-learn model's (N, C_seen) probabilities, with a column for every label id (a label
+    absent from the training rows gets probability 0)."""
     full = np.zeros((len(test), int(max(train["label"].max(), test["label"].max())) + 1))
-    full[:, pipeline.classes_] = probs
-    return pipeline, classification_metrics(test["label"].to_numpy(), full)
+    full[:, fitted.classes_] = probs
+    return classification_metrics(test["label"].to_numpy(), full)
 
 
 def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float:
@@ -46,10 +53,8 @@ def linear_probe(train: pd.DataFrame, test: pd.DataFrame, c: float = 1.0, max_le
     """Logistic regression on frozen, mean-pooled MiniLM embeddings (all blocks frozen, cached as features)."""
     if c <= 0:
         raise ValueError(f"C must be > 0, got {c}; larger C means weaker regularisation")
-    layers = 6  # every block of the pretrained encoder: nothing of it trains
+    layers = AutoConfig.from_pretrained(resolve_model()).num_hidden_layers  # every block frozen: nothing trains
     x_train = mean_pooled(cached_features(train, layers, max_length=max_length, progress=progress))
     x_test = mean_pooled(cached_features(test, layers, max_length=max_length, progress=progress))
     probe = LogisticRegression(C=c, max_iter=5000).fit(x_train, train["label"])
-    full = np.zeros((len(test), int(max(train["label"].max(), test["label"].max())) + 1))
-    full[:, probe.classes_] = probe.predict_proba(x_test)
-    return probe, classification_metrics(test["label"].to_numpy(), full)
+    return probe, _score(probe, probe.predict_proba(x_test), train, test)
