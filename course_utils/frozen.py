@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import store
-from .modeling import encoder_identity, load_model, load_tokenizer, pretrained_identity
+from . import config, store
+from .modeling import encoder_identity, inference_batch, load_model, load_tokenizer, pretrained_identity
 
 
 @dataclass
@@ -40,8 +40,9 @@ class Features:
     def hidden_size(self) -> int:
         return int(self.flat.shape[1])
 
-    def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Padded (B, T, H) float32 hidden states, (B, T) attention mask and (B,) labels for rows `idx`."""
+    def batch(self, idx, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Padded (B, T, H) float32 hidden states, (B, T) attention mask and (B,) labels for rows `idx`, on
+        `device`."""
         idx = [int(i) for i in idx]
         longest = max(int(self.lengths[i]) for i in idx)
         hidden = torch.zeros(len(idx), longest, self.hidden_size)
@@ -50,7 +51,7 @@ class Features:
             n = int(self.lengths[i])
             hidden[row, :n] = self.flat[self.offsets[i]:self.offsets[i] + n].float()
             mask[row, :n] = 1
-        return hidden, mask, self.labels[idx]
+        return hidden.to(device), mask.to(device), self.labels[idx].to(device)
 
     def subset(self, idx) -> "Features":
         """The rows `idx`, in that order."""
@@ -100,27 +101,31 @@ def run_blocks(blocks, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 @torch.no_grad()
 def encode_frozen(texts: list[str], labels, frozen_layers: int, encoder=None, tokenizer=None,
                   batch_size: int = 64, max_length: int = 64, progress: bool = True) -> Features:
-    """Run the embeddings and the lowest `frozen_layers` blocks of the encoder (default: pretrained) once."""
+    """Run the embeddings and the lowest `frozen_layers` blocks of the encoder (default: pretrained) once, in fp32
+    on `config.device()` (the encoder is moved there; the features come back to the CPU). `batch_size` is what
+    the cache key records; on a GPU the work goes in batches of at least 512 (same vectors, faster)."""
     if len(texts) == 0 or len(texts) != len(labels):
         raise ValueError(f"need as many labels as texts (and at least one), got {len(texts)} texts and "
                          f"{len(labels)} labels")
     tokenizer = tokenizer or load_tokenizer()
     encoder = encoder or load_model().bert
     frozen_layers = check_frozen_layers(frozen_layers, num_layers(encoder))
-    encoder.eval()
+    where = config.device()
+    encoder.to(where).eval()
+    step = max(batch_size, inference_batch(where))
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(x) for x in ids])
     order = np.argsort(lengths, kind="stable")  # similar lengths share a batch: little padding
     rows: list[torch.Tensor | None] = [None] * len(texts)
-    for start in tqdm(range(0, len(order), batch_size), desc=f"encode (frozen blocks 1-{frozen_layers})",
+    for start in tqdm(range(0, len(order), step), desc=f"encode (frozen blocks 1-{frozen_layers})",
                       disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
+        idx = order[start:start + step]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
+                        return_tensors="pt").to(where)
         hidden = encoder.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
         hidden = run_blocks(encoder.encoder.layer[:frozen_layers], hidden, enc["attention_mask"])
         for row, i in enumerate(idx):
-            rows[i] = hidden[row, :lengths[i]].to(torch.float16).clone()
+            rows[i] = hidden[row, :lengths[i]].to(torch.float16).cpu()
     return Features(torch.cat(rows), torch.as_tensor(lengths), torch.tensor(np.array(labels), dtype=torch.long),
                     frozen_layers)
 

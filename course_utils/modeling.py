@@ -27,8 +27,8 @@ from .data import Splits, course_splits, subsample
 from .evaluation import EvalResult, classification_metrics, predictions_from_logits
 
 CURVE_EVERY = 10  # steps per point of the training-loss curve
-LOOP_VERSION = 2  # part of the checkpoint key: bump it when the loop's arithmetic changes (2: token-length groups,
-                  # fused AdamW)
+LOOP_VERSION = 3  # part of the checkpoint key: bump it when the loop's arithmetic changes (2: token-length groups,
+                  # fused AdamW; 3: devices and mixed precision)
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,20 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights are on (its inputs must go there too)."""
+    return next(model.parameters()).device
+
+
+def inference_batch(where: torch.device) -> int:
+    """Sentences per prediction batch: 64 on a CPU, 512 on a GPU (only speed depends on it)."""
+    return 64 if where.type == "cpu" else 512
+
+
 def batches(frame: pd.DataFrame, tokenizer, batch_size: int, max_length: int,
-            order: np.ndarray | None = None) -> Iterator[dict]:
-    """Tokenised batches padded to their longest sentence: input_ids (B, T), attention_mask, labels (B,)."""
+            order: np.ndarray | None = None, device: torch.device | str = "cpu") -> Iterator[dict]:
+    """Tokenised batches padded to their longest sentence, on `device`: input_ids (B, T), attention_mask,
+    labels (B,)."""
     order = np.arange(len(frame)) if order is None else order
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
     for start in range(0, len(order), batch_size):
@@ -129,7 +140,7 @@ def batches(frame: pd.DataFrame, tokenizer, batch_size: int, max_length: int,
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
         enc["labels"] = torch.as_tensor(labels[idx], dtype=torch.long)
-        yield dict(enc)
+        yield {name: tensor.to(device) for name, tensor in enc.items()}
 
 
 def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -151,10 +162,13 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> 
 
 
 @torch.no_grad()
-def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 64) -> np.ndarray:
-    """Class probabilities (N, C) for raw strings; batches sorted by length for speed."""
+def predict_proba(model, tokenizer, texts: list[str], batch_size: int | None = None,
+                  max_length: int = 64) -> np.ndarray:
+    """Class probabilities (N, C) for raw strings, in fp32 on the model's device; batches sorted by length."""
     if isinstance(texts, str):
         raise ValueError("predict_proba takes a list of strings, got one string; wrap it: [text]")
+    where = model_device(model)
+    batch_size = batch_size or inference_batch(where)
     was_training = model.training
     model.eval()
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -163,8 +177,8 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int = 64, max_
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")
-        logits = model(**enc).logits  # (B, C)
-        out[idx] = torch.softmax(logits, dim=-1).numpy()
+        logits = model(**enc.to(where)).logits  # (B, C)
+        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     model.train(was_training)
     return out
 
@@ -181,7 +195,7 @@ def example_losses(model, tokenizer, frame: pd.DataFrame, max_length: int = 64) 
     return -np.log(np.clip(probs[np.arange(len(frame)), frame["label"].to_numpy()], 1e-12, None))
 
 
-def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_size: int = 64) -> EvalResult:
+def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_size: int | None = None) -> EvalResult:
     """Accuracy, macro F1, confusion matrix and probabilities on a labelled frame."""
     probs = predict_proba(model, tokenizer, frame["text"].tolist(), batch_size, max_length)
     return classification_metrics(frame["label"].to_numpy(), probs)
@@ -205,6 +219,11 @@ def train_lengths(tokenizer, frame: pd.DataFrame, max_length: int) -> np.ndarray
     return np.minimum(np.array(token_lengths(tokenizer, frame["text"].tolist())), max_length)
 
 
+def grad_scaler(where: torch.device, arithmetic: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its small range underflows gradients); a no-op for bf16 and fp32."""
+    return torch.amp.GradScaler(where.type, enabled=arithmetic == "fp16")
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters, fused into one kernel where the device supports it (CPU and CUDA:
     about twice as fast per step on two CPU cores as the default per-tensor loop, same update)."""
@@ -217,10 +236,13 @@ def _save_state(run_dir: Path, model, optimizer, progress: Progress) -> None:
     """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
 
     def write(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  folder / "model.safetensors")
         opt = optimizer.state_dict()
-        tensors = {f"{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
+        tensors = {f"{i}.{k}": v.detach().cpu() for i, s in opt["state"].items() for k, v in s.items()}
         tensors["rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["cuda_rng"] = torch.cuda.get_rng_state()
         save_file(tensors, folder / "optimizer.safetensors")
         groups = [dict(g) for g in opt["param_groups"]]
         (folder / "state.json").write_text(json.dumps({"progress": asdict(progress), "param_groups": groups}))
@@ -232,8 +254,11 @@ def _load_state(run_dir: Path, model, optimizer) -> Progress:
     """Restore what _save_state wrote and return the progress counters."""
     folder = run_dir / "state"
     model.load_state_dict(load_file(folder / "model.safetensors"))
-    tensors = load_file(folder / "optimizer.safetensors")
-    torch.set_rng_state(tensors.pop("rng"))
+    tensors = load_file(folder / "optimizer.safetensors", device=str(model_device(model)))
+    torch.set_rng_state(tensors.pop("rng").cpu())
+    cuda_rng = tensors.pop("cuda_rng", None)
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_rng.cpu())
     meta = json.loads((folder / "state.json").read_text())
     state: dict = {}
     for name, value in tensors.items():
@@ -250,13 +275,20 @@ def _make_scheduler(optimizer, cfg: TrainConfig, total_steps: int, done_steps: i
 
 
 def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, cfg: TrainConfig,
-          run_dir: Path, progress: bool = True, stop_after: int | None = None) -> list[dict]:
+          run_dir: Path, progress: bool = True, stop_after: int | None = None,
+          precision: str | None = None) -> list[dict]:
     """Fine-tune with a progress bar, validate each epoch, keep the best checkpoint, resume if interrupted.
 
-    `stop_after` ends the run after that many optimizer steps (as a disconnect would), for the tests.
-    Returns the history: one dict per epoch with train loss, validation accuracy/F1 and seconds.
+    The model trains where its weights are (`finetune` puts them on `config.device()`), with the forward pass
+    under `precision` (default `config.precision()`: bf16 or fp16 autocast where that is faster, else fp32;
+    fp16 adds a gradient scaler). `stop_after` ends the run after that many optimizer steps (as a disconnect
+    would), for the tests. Returns the history: one dict per epoch with train loss, validation accuracy/F1 and
+    seconds.
     """
     run_dir = Path(run_dir)
+    where = model_device(model)
+    arithmetic = precision or config.precision(where)
+    scaler = grad_scaler(where, arithmetic)
     lengths = train_lengths(tokenizer, train_frame, cfg.max_length)
     steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -272,11 +304,14 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
     while done.step < total_steps:
         epoch, in_epoch = divmod(done.step, steps_per_epoch)
         order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
-        for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order):
-            loss = model(**batch).loss
-            loss.backward()
+        for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order, where):
+            with config.autocast(where, arithmetic):
+                loss = model(**batch).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad()
             done.step += 1
@@ -300,7 +335,8 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             if end_of_epoch:
                 break
     bar.close()
-    store.write_json(run_dir / "done.json", {"config": asdict(cfg), "history": done.history, "curve": done.curve})
+    store.write_json(run_dir / "done.json", {"config": asdict(cfg), "history": done.history, "curve": done.curve,
+                                            "device": where.type, "precision": arithmetic})
     return done.history
 
 
@@ -337,6 +373,7 @@ class FineTuned:
     run_dir: Path
     trained_now: bool
     config: TrainConfig
+    precision: str = "fp32"   # the arithmetic it was trained in
 
 
 def pretrained_identity() -> str:
@@ -350,16 +387,26 @@ def encoder_identity(encoder: torch.nn.Module | None = None) -> str:
     return pretrained_identity() if encoder is None else store.key(encoder)
 
 
-def checkpoint_key(cfg: TrainConfig, splits: Splits) -> str:
-    """Cache key: the training configuration, the data and its label names, and the pretrained weights."""
-    return store.key("checkpoint", LOOP_VERSION, cfg, splits.fingerprint(), splits.label_names, pretrained_identity())
+def checkpoint_key(cfg: TrainConfig, splits: Splits, where: torch.device | None = None,
+                   precision: str | None = None) -> str:
+    """Cache key: the training configuration, the data and its label names, the pretrained weights, and the
+    device class and arithmetic (a GPU's random numbers and bf16 rounding give a slightly different model)."""
+    where = where or config.device()
+    arithmetic = precision or config.precision(where)
+    return store.key("checkpoint", LOOP_VERSION, cfg, splits.fingerprint(), splits.label_names, pretrained_identity(),
+                     where.type, arithmetic)
 
 
 def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = True,
-             retrain: bool | None = None) -> FineTuned:
-    """Fine-tune on the splits, or load the cached checkpoint with the same configuration and data."""
+             retrain: bool | None = None, precision: str | None = None) -> FineTuned:
+    """Fine-tune on the splits, or load the cached checkpoint with the same configuration, data, device class and
+    arithmetic (`precision`: None for `config.precision()`, or 'fp32', 'bf16', 'fp16')."""
     cfg = cfg or TrainConfig()
-    run_dir = store.path("checkpoints", checkpoint_key(cfg, splits))
+    where = config.device()
+    arithmetic = precision or config.precision(where)
+    if arithmetic not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16 (or None for the course's choice), got {precision!r}")
+    run_dir = store.path("checkpoints", checkpoint_key(cfg, splits, where, arithmetic))
     retrain = config.retrain_requested() if retrain is None else retrain
     if retrain:
         store.remove(run_dir)
@@ -367,15 +414,15 @@ def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = Tr
     if trained_now:
         config.seed_everything(cfg.seed)
         tokenizer = load_tokenizer()
-        model = load_model(num_labels=len(splits.label_names))
+        model = load_model(num_labels=len(splits.label_names)).to(where)
         train_frame = subsample(splits.train, cfg.train_size, seed=cfg.seed)
-        train(model, tokenizer, train_frame, splits.validation, cfg, run_dir, progress)
+        train(model, tokenizer, train_frame, splits.validation, cfg, run_dir, progress, precision=arithmetic)
         store.remove(run_dir / "state")
     done = json.loads((run_dir / "done.json").read_text())
-    model = load_model(num_labels=len(splits.label_names), source=run_dir / "best")
+    model = load_model(num_labels=len(splits.label_names), source=run_dir / "best").to(where)
     model.eval()
     return FineTuned(model, load_tokenizer(run_dir / "best"), done["history"], done.get("curve", []), run_dir,
-                     trained_now, cfg)
+                     trained_now, cfg, done.get("precision", "fp32"))
 
 
 def default_config(fast: bool | None = None) -> TrainConfig:

@@ -21,7 +21,7 @@ import torch
 from opacus import PrivacyEngine
 from tqdm.auto import tqdm
 
-from . import privacy
+from . import config, privacy
 from .frozen import Features
 from .topmodel import TopClassifier, check_lora_rank
 
@@ -109,7 +109,9 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
     """DP-SGD with Opacus (Poisson sampling, per-sample clipping, noise, accountant) on cached features.
 
     With cfg.epsilon = inf the same loop runs without Opacus: shuffled batches of cfg.batch_size, no clipping,
-    no noise. Both use AdamW with a constant learning rate.
+    no noise. Both use AdamW with a constant learning rate. The model trains on `config.device()` in fp32
+    (Opacus's per-sample gradients are not made for autocast; these small models train fast without it); the
+    noise is drawn there too, so a run on a GPU differs from a CPU run with the same seed.
     """
     if train.frozen_layers != cfg.frozen_layers:
         raise ValueError(f"features were cut after block {train.frozen_layers} but the config trains from block "
@@ -118,7 +120,9 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
     if cfg.batch_size > n:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training examples; lower it")
     delta = cfg.delta if cfg.delta is not None else privacy.default_delta(n)
-    model = TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank)
+    where = config.device()
+    model = TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed,
+                                          lora_rank=cfg.lora_rank).to(where)
     model.train()  # Opacus wants train mode before make_private
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -133,7 +137,7 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
             model, optimizer, loader = engine.make_private_with_epsilon(
                 module=model, optimizer=optimizer, data_loader=loader, target_epsilon=cfg.epsilon,
                 target_delta=delta, epochs=cfg.epochs, max_grad_norm=cfg.clip_norm, poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(cfg.seed + 1))
+                noise_generator=torch.Generator(where).manual_seed(cfg.seed + 1))
         noise = float(optimizer.noise_multiplier)
     total = cfg.epochs * len(loader)
     losses: list[float] = []
@@ -149,7 +153,7 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
                 chunks = _physical_batches(idx, train.lengths, PHYSICAL_BATCH)
                 step_loss = 0.0
                 for k, chunk in enumerate(chunks):
-                    hidden, mask, labels = train.batch(chunk)
+                    hidden, mask, labels = train.batch(chunk, where)
                     loss = torch.nn.functional.cross_entropy(model(hidden, mask), labels)
                     (loss * len(chunk) / len(idx)).backward() if engine is None else loss.backward()
                     step_loss += loss.item() * len(chunk)

@@ -69,7 +69,7 @@ def _update(digest, part: object) -> None:
     elif isinstance(part, torch.Tensor):
         tensor = part.detach().cpu().contiguous()
         digest.update(f"tensor:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.detach().cpu().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     elif isinstance(part, torch.nn.Module):
         digest.update(f"module:{type(part).__qualname__}".encode())
         _update(digest, dict(part.state_dict()))

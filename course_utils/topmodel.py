@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 
 from .frozen import Features, check_frozen_layers, num_layers, run_blocks
-from .modeling import load_model
+from .modeling import load_model, model_device
 
 
 def check_lora_rank(lora_rank: int) -> int:
@@ -67,15 +67,16 @@ class TopClassifier(torch.nn.Module):
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, feats: Features, batch_size: int = 256) -> np.ndarray:
-    """(N, C) logits in the rows' order (batches are sorted by length for speed)."""
+    """(N, C) logits in the rows' order, computed on the model's device (batches sorted by length for speed)."""
+    where = model_device(model)
     was_training = model.training
     model.eval()
     order = np.argsort(feats.lengths.numpy(), kind="stable")
     out = np.zeros((len(feats), model.classifier.out_features), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        hidden, mask, _ = feats.batch(idx)
-        out[idx] = model(hidden, mask).numpy()
+        hidden, mask, _ = feats.batch(idx, where)
+        out[idx] = model(hidden, mask).float().cpu().numpy()
     model.train(was_training)
     return out
 
