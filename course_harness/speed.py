@@ -2,7 +2,8 @@
 
 Same data (chapter 00's training split), model (MiniLM), settings (max length 64, batch 32, lr 5e-5, linear warm-up
 6%, weight decay 0.01, gradient clipping 1.0, length-grouped batches) and epochs. The course loop also validates after
-each epoch, keeps the best checkpoint and saves its resume state. Trainer runs twice: doing the same work (validation
+each epoch, keeps the best checkpoint and saves its resume state. Both run on `config.device()` in the arithmetic
+`config.precision()` picks (Trainer's `bf16`/`fp16` switches set to match). Trainer runs twice: doing the same work (validation
 each epoch, the best checkpoint kept) and bare (no evaluation, no checkpoints), the most favourable setting for it. `python -m course_harness speed` prints the table; `bench` records it.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ class SpeedResult:
 
 def _fresh_model(num_labels: int, seed: int):
     config.seed_everything(seed)
-    return modeling.load_model(num_labels=num_labels)
+    return modeling.load_model(num_labels=num_labels).to(config.device())
 
 
 def time_course_loop(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Path) -> SpeedResult:
@@ -75,7 +76,8 @@ def time_trainer(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Path, 
         learning_rate=cfg.lr, num_train_epochs=cfg.epochs, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
         train_sampling_strategy="group_by_length", seed=cfg.seed, logging_strategy="no", report_to="none",
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **extra)
+        disable_tqdm=True, use_cpu=config.device().type == "cpu", dataloader_num_workers=0,
+        bf16=config.precision() == "bf16", fp16=config.precision() == "fp16", **extra)
     trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, cfg.max_length),
                       eval_dataset=_encode(splits.validation, tokenizer, cfg.max_length) if same_work else None,
                       compute_metrics=_accuracy if same_work else None, data_collator=DataCollatorWithPadding(tokenizer))

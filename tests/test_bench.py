@@ -53,7 +53,7 @@ def test_write_benchmark(tmp_path: Path) -> None:
     json_path, md_path = bench.write_benchmark(rows, tmp_path)
     data = json.loads(json_path.read_text())
     assert data["rows"] == rows and {"date", "python", "torch", "cpu_count", "platform"} <= set(data["header"])
-    assert "| 00_a | fast | ok | 3.500 | 400.0 |  | acc=0.800 |" in md_path.read_text()
+    assert "| 00_a | fast | ok | 3.500 | 400.0 |  |  | acc=0.800 |" in md_path.read_text()  # no date, no machine
 
 
 def test_partial_benchmark_keeps_other_notebooks(tmp_path: Path) -> None:
@@ -66,3 +66,16 @@ def test_partial_benchmark_keeps_other_notebooks(tmp_path: Path) -> None:
     rows = json.loads(json_path.read_text())["rows"]
     assert [(r["notebook"], r["mode"], r["wall_s"]) for r in rows] == [
         ("00_a", "fast", 1), ("00_a", "full", 2), ("01_b", "fast", 5), ("01_b", "full", 4)]
+
+
+def test_each_benchmark_row_names_the_machine_it_was_measured_on(tmp_path: Path, monkeypatch) -> None:
+    from course_utils import config
+    monkeypatch.setattr(config, "cpu_info", lambda: {"cpu": "Test CPU 9000", "cores": "2", "flags": "avx2"})
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    monkeypatch.setenv("COURSE_PRECISION", "fp32")
+    label = bench.machine_label()
+    assert label == "cpu x2 fp32: Test CPU 9000 (avx2)"
+    row = {"notebook": "00_x", "mode": "fast", "ok": True, "wall_s": 1.0, "peak_rss_mb": 1.0, "error": "",
+           "figures": {}, "date": "2026-11-29", "machine": label}
+    _, md_path = bench.write_benchmark([row], tmp_path, header={"date": "now"})
+    assert "Test CPU 9000 (avx2)" in md_path.read_text()
