@@ -270,7 +270,7 @@ def eda(text: str, rng: np.random.Generator, alpha: float = 0.1) -> str:
 
 def embedding_neighbours(words: list[str], tokenizer, model, k: int = 5) -> dict[str, list[str]]:
     """Nearest whole-word neighbours of each word in the model's own input-embedding space (cosine)."""
-    emb = model.get_input_embeddings().weight.detach()  # (V, H)
+    emb = model.get_input_embeddings().weight.detach().float().cpu()  # (V, H), wherever the model is
     emb = torch.nn.functional.normalize(emb, dim=-1)
     vocab = tokenizer.convert_ids_to_tokens(list(range(emb.shape[0])))
     whole = torch.tensor([t.isalpha() and not t.startswith("##") for t in vocab])
