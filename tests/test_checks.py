@@ -6,16 +6,13 @@ import math
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import stats
-from scipy.optimize import brentq, minimize_scalar
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit
-from sklearn.preprocessing import MinMaxScaler
 
-from course_utils import audit, checks, cleaning, data, dataprep, evaluation, privacy
+from course_utils import checks, cleaning, data, dataprep, evaluation, privacy
 
 
 def stub(*args, **kwargs):
@@ -131,26 +128,30 @@ def test_macro_f1_check_accepts_sklearn_defaults_where_one_class_is_everything(c
         checks.check_macro_f1(lambda t, p: 0.75 if len(set(t) | set(p)) == 1 else macro_f1_solution(t, p))
 
 
-def test_recommend_check():
-    def reference(scores, min_count, k):
-        return evaluation.rank_items(scores, min_count=min_count, k=k)["movie_name"].tolist()
+def test_mcnemar_check():
+    def by_binomial_cdf(y, a, b):  # the same exact test, from the binomial distribution's tails
+        right_a, right_b = np.asarray(a) == np.asarray(y), np.asarray(b) == np.asarray(y)
+        n_b, n_c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+        return 1.0 if n_b + n_c == 0 else min(1.0, 2 * stats.binom.cdf(min(n_b, n_c), n_b + n_c, 0.5))
 
-    def by_hand(scores, min_count, k):
-        groups = {}
-        for name, p in zip(scores["movie_name"], scores["p_positive"]):
-            groups.setdefault(name, []).append(p)
-        kept = [(-sum(v) / len(v), name) for name, v in groups.items() if len(v) >= min_count]
-        return [name for _, name in sorted(kept)[:k]]
+    def on_all_sentences(y, a, b):
+        right_a, right_b = np.asarray(a) == np.asarray(y), np.asarray(b) == np.asarray(y)
+        n_b = int(np.sum(right_a & ~right_b))
+        return stats.binomtest(n_b, len(y), 0.5).pvalue
 
-    def ties_by_reverse_name(scores, min_count, k):
-        table = scores.groupby("movie_name")["p_positive"].agg(["mean", "size"])
-        table = table[table["size"] >= min_count].reset_index()
-        return table.sort_values(["mean", "movie_name"], ascending=False)["movie_name"].head(k).tolist()
+    def one_sided(y, a, b):
+        right_a, right_b = np.asarray(a) == np.asarray(y), np.asarray(b) == np.asarray(y)
+        n_b, n_c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+        return 1.0 if n_b + n_c == 0 else stats.binomtest(n_b, n_b + n_c, 0.5, alternative="greater").pvalue
 
-    assert_judged(checks.check_recommend, reference, [by_hand],
-                  [("fewer reviews", lambda s, m, k: reference(s, 1, k)),  # ignores min_count
-                   ("break ties by name", ties_by_reverse_name),
-                   ("high first", lambda s, m, k: reference(s, m, 100)[::-1][:k])])
+    def chi_square(y, a, b):  # the large-sample approximation with continuity correction
+        right_a, right_b = np.asarray(a) == np.asarray(y), np.asarray(b) == np.asarray(y)
+        n_b, n_c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+        return 1.0 if n_b + n_c == 0 else stats.chi2.sf((abs(n_b - n_c) - 1) ** 2 / (n_b + n_c), 1)
+
+    assert_judged(checks.check_mcnemar, checks.ch00.mcnemar_exact, [by_binomial_cdf],
+                  [("exactly one model is right", on_all_sentences), ("two-sided", one_sided),
+                   ("exact, not the chi-square", chi_square)])
 
 
 def test_confident_errors_check():
@@ -202,66 +203,41 @@ def test_shingle_jaccard_check():
                    ("normalise", lambda a, b, k: len(set(a) & set(b)) / len(set(a) | set(b)))])  # characters
 
 
-def test_minmax_train_only_check():
-    def scaler(train, test):
-        return MinMaxScaler().fit(train.to_frame()).transform(test.to_frame()).ravel()
+def test_remove_leaked_check():
+    def by_merge(train, test):
+        keys = test["text"].map(data.normalise)
+        return test[[k not in set(train["text"].map(data.normalise)) for k in keys]]
 
-    def both_splits(train, test):  # leaks the test split's range into the scaling
-        joined = pd.concat([train, test])
-        return ((test - joined.min()) / (joined.max() - joined.min())).to_numpy()
+    def exact_text_only(train, test):
+        return test[~test["text"].isin(set(train["text"]))]
 
-    assert_judged(checks.check_minmax_train_only,
-                  lambda tr, te: ((te - tr.min()) / (tr.max() - tr.min())).to_numpy(), [scaler],
-                  [("TRAINING min and max", lambda tr, te: ((te - te.min()) / (te.max() - te.min())).to_numpy()),
-                   ("TRAINING min and max", both_splits)])
+    def sorted_rows(train, test):
+        return checks.ch01.remove_leaked_reference(train, test).sort_values("text")
 
+    def from_train(train, test):
+        return train[~train["text"].map(data.normalise).isin(set(test["text"].map(data.normalise)))]
 
-def _swap_pairs(pick):
-    """A random swap whose two positions come from pick(rng, number of words)."""
-    def random_swap(text, rng, n):
-        words = text.split()
-        for _ in range(n if len(words) > 1 else 0):
-            i, j = pick(rng, len(words))
-            words[i], words[j] = words[j], words[i]
-        return " ".join(words)
-    return random_swap
+    assert_judged(checks.check_remove_leaked, checks.ch01.remove_leaked_reference, [by_merge],
+                  [("after data.normalise", exact_text_only), ("order and index", sorted_rows),
+                   ("rows of the TEST split", from_train)])
 
 
-def _distinct_integers(rng, m):
-    i, j = rng.integers(m), rng.integers(m - 1)
-    return i, j + (j >= i)
+def test_interval_alpha_check():
+    import krippendorff
 
+    def with_the_krippendorff_package(units):
+        width = max(len(u) for u in units)
+        table = np.full((width, len(units)), np.nan)  # raters x units, missing as NaN
+        for j, u in enumerate(units):
+            table[:len(u), j] = u
+        return krippendorff.alpha(reliability_data=table, level_of_measurement="interval")
 
-def test_random_swap_check():
-    own_rng = np.random.default_rng(123)  # a generator other than the one passed in
+    def ratio_of_variances(units):
+        pairable = [np.asarray(u, float) for u in units if len(u) >= 2]
+        return 1 - np.mean([np.var(u) for u in pairable]) / np.var(np.concatenate(pairable))
 
-    def once(text, rng, n):  # ignores n beyond "swap or not"
-        return _swap_pairs(lambda r, m: r.choice(m, size=2, replace=False))(text, rng, min(n, 1))
-
-    def fixed_pair(text, rng, n):
-        return _swap_pairs(lambda r, m: (0, 1))(text, rng, min(n, 1))
-
-    def no_guard(text, rng, n):
-        words = text.split()
-        for _ in range(n):
-            i, j = rng.choice(len(words), size=2, replace=False)
-            words[i], words[j] = words[j], words[i]
-        return " ".join(words)
-
-    assert_judged(checks.check_random_swap, dataprep.random_swap,
-                  [_swap_pairs(_distinct_integers),  # rng.integers instead of rng.choice
-                   _swap_pairs(lambda rng, m: rng.permutation(m)[:2]),
-                   _swap_pairs(lambda rng, m: rng.integers(m, size=2))],  # may swap a word with itself: a no-op
-                  [("do not sort", lambda t, rng, n: " ".join(sorted(t.split()))),
-                   ("do not sort, reverse", lambda t, rng, n: " ".join(t.split()[::-1]) if n else t),
-                   ("or shuffle", lambda t, rng, n: " ".join(rng.permutation(t.split())) if n else t),
-                   ("swap n times, not once", once),
-                   ("same sentence for every seed", fixed_pair),
-                   ("should change the order", lambda t, rng, n: t),
-                   ("n=0 should leave the text", lambda t, rng, n: _swap_pairs(_distinct_integers)(t, rng, max(n, 1))),
-                   ("use only the rng you are given", lambda t, rng, n: _swap_pairs(_distinct_integers)(t, own_rng, n)),
-                   ("same words", lambda t, rng, n: " ".join(dataprep.random_swap(t, rng, n).split()[:-1])),
-                   ("one-word text raised ValueError", no_guard)])
+    assert_judged(checks.check_interval_alpha, cleaning.krippendorff_alpha_interval, [with_the_krippendorff_package],
+                  [("rated once", checks.ch01._alpha_keeping_singletons), ("ratio of variances", ratio_of_variances)])
 
 
 def test_group_split_check():
@@ -346,46 +322,28 @@ def test_clip_per_example_check():
                    ("return a dict with the keys", lambda p, c: {"weight": clip(p, c)["weight"]})])
 
 
-def mironov(sigma, steps, delta, alphas):
-    alphas = np.asarray(alphas, dtype=float)
-    return float((steps * alphas / (2 * sigma ** 2) + math.log(1 / delta) / (alphas - 1)).min())
+def test_steps_within_check():
+    def linear_scan(q, sigma, delta, target):  # slow but obviously right
+        steps = 0
+        while privacy.epsilon_after(q, sigma, steps + 1, delta) <= target:
+            steps += 1
+        return steps
 
+    def first_step_over(q, sigma, delta, target):
+        return checks.ch02.steps_within_reference(q, sigma, delta, target) + 1
 
-def test_gaussian_epsilon_check():
-    def improved(sigma, steps, delta, alphas):
-        alphas = np.asarray(alphas, dtype=float)
-        return float((steps * alphas / (2 * sigma ** 2) - (math.log(delta) + np.log(alphas)) / (alphas - 1)
-                      + np.log((alphas - 1) / alphas)).min())
+    def linear_extrapolation(q, sigma, delta, target):
+        return int(target / privacy.epsilon_after(q, sigma, 1, delta))
 
-    def continuous(conversion):
-        return lambda s, k, d: minimize_scalar(lambda a: conversion(s, k, d, [a]), bounds=(1.01, 500),
-                                               method="bounded").fun
+    def full_batch(q, sigma, delta, target):  # forgets the sampling rate's amplification
+        return checks.ch02.steps_within_reference(1.0, sigma, delta, target)
 
-    def exact(sigma, steps, delta):  # k releases = one Gaussian with std sigma / sqrt(k); invert gaussian_sigma
-        target = sigma / math.sqrt(steps)
-        return brentq(lambda eps: privacy.gaussian_sigma(1.0, eps, delta) - target, 1e-3, 1e3, xtol=1e-10)
-
-    def reference(sigma, steps, delta):
-        return privacy.epsilon_after(1.0, sigma, steps, delta)
-
-    assert_judged(checks.check_gaussian_epsilon, reference,
-                  [lambda s, k, d: mironov(s, k, d, range(2, 257)),
-                   lambda s, k, d: mironov(s, k, d, privacy.DEFAULT_ORDERS),
-                   continuous(mironov), lambda s, k, d: improved(s, k, d, range(2, 65)), continuous(improved), exact],
-                  [("above Mironov", lambda s, k, d: 1.5 * reference(s, k, d)),
-                   ("above Mironov", lambda s, k, d: reference(math.sqrt(s), k, d)),  # sigma, not sigma^2
-                   ("below the exact", lambda s, k, d: reference(s, 1, d)),  # forgets the steps
-                   ("below the exact", lambda s, k, d: mironov(s, k, 0.5, privacy.DEFAULT_ORDERS))])  # drops ln(1/d)
-
-
-def test_gaussian_epsilon_check_bounds_are_ordered():
-    # exact <= exercise's conversion <= Mironov's, with room on both sides for the other correct answers
-    for sigma, steps, delta in [(1.0, 1, 1e-5), (4.0, 100, 1e-5), (10.0, 1000, 1e-6), (2.0, 10, 1e-5)]:
-        low = checks.ch02._exact_gaussian_epsilon(sigma, steps, delta)
-        assert privacy._gaussian_delta(sigma / math.sqrt(steps), 1.0, low) == pytest.approx(delta, rel=1e-6)
-        assert low < privacy.epsilon_after(1.0, sigma, steps, delta) < checks.ch02._mironov_epsilon(sigma, steps, delta)
-        assert checks.ch02._mironov_epsilon(sigma, steps, delta) == pytest.approx(mironov(sigma, steps, delta,
-                                                                                          range(2, 257)))
+    fast_scan = lambda q, s, d, t: linear_scan(q, s, d, t) if t < 5 and q > 0.5 else \
+        checks.ch02.steps_within_reference(q, s, d, t)  # a full scan of 881 steps takes too long for the suite
+    assert linear_scan(1.0, 10.0, 1e-5, 3.0) == checks.ch02.steps_within_reference(1.0, 10.0, 1e-5, 3.0)
+    assert_judged(checks.check_steps_within, checks.ch02.steps_within_reference, [fast_scan],
+                  [("first step over budget", first_step_over), ("not grow linearly", linear_extrapolation),
+                   ("over the target|still", full_batch)])
 
 
 def test_attack_auc_check():
@@ -401,21 +359,19 @@ def test_attack_auc_check():
                    ("ties count one half", lambda m, n: float((np.asarray(m)[:, None] < np.asarray(n)[None]).mean()))])
 
 
-def test_exposure_check():
-    def by_rankdata(canary, losses):
-        losses = np.asarray(losses)
-        rank = stats.rankdata(losses, method="min")[np.flatnonzero(losses == canary)[0]]
-        return math.log2(len(losses) / rank)
+def test_user_level_check():
+    def textbook(epsilon, delta, k):
+        return privacy.group_privacy(epsilon, delta, k)
 
-    def at_or_below(c, losses):  # counts the canary's ties (and the canary itself) in its rank
-        return math.log2(len(losses)) - math.log2(int((np.asarray(losses) <= c).sum()))
+    def geometric_sum(epsilon, delta, k):  # the chain's sum in closed form
+        total = k if epsilon == 0 else (math.exp(k * epsilon) - 1) / (math.exp(epsilon) - 1)
+        return k * epsilon, min(1.0, delta * total)
 
-    assert_judged(checks.check_exposure, audit.exposure, [by_rankdata],
-                  [("tied with 7 other candidates", at_or_below),
-                   ("strictly lower", lambda c, l: math.log2(len(l)) - math.log2(1 + int((np.asarray(l) <= c).sum()))),
-                   ("strictly lower",  # rank counted from 0
-                    lambda c, l: math.log2(len(l)) - math.log2(max(1, int((np.asarray(l) < c).sum())))),
-                   (r"bits \(log2\)", lambda c, l: math.log(len(l)) - math.log(1 + int((np.asarray(l) < c).sum())))])
+    assert_judged(checks.check_user_level, lambda e, d, k: (k * e, checks.ch02.chain_delta(e, d, k)),
+                  [textbook, geometric_sum],
+                  [("k \\* epsilon", lambda e, d, k: (e, d)),
+                   ("grows faster than k \\* delta", lambda e, d, k: (k * e, k * d)),
+                   ("looser than even the textbook", lambda e, d, k: (k * e, min(1.0, 10 * k * math.exp(k * e) * d)))])
 
 
 ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS}

@@ -7,12 +7,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from ..evaluation import confident_errors, rank_items
+from ..evaluation import confident_errors
 from ._common import Question, _call, _passed
 
-__all__ = ["QUESTIONS", "check_token_lengths", "check_logits_to_labels", "check_macro_f1", "check_recommend",
+__all__ = ["QUESTIONS", "check_token_lengths", "check_logits_to_labels", "check_macro_f1", "check_mcnemar",
            "check_confident_errors"]
 
 SAMPLE_TEXTS = ["A gorgeous, witty, seductive movie.", "Unwatchable.",
@@ -91,26 +92,55 @@ def check_macro_f1(fn: Callable) -> None:
     _passed("0.3", len(cases))
 
 
-def _score_frame() -> pd.DataFrame:
-    """A small frame of (movie, p_positive) rows with ties and rare movies."""
-    rng = np.random.default_rng(1)
-    movies = [f"movie {c}" for c in "ABCDEFGH"]
-    counts = [6, 5, 2, 8, 5, 7, 1, 5]
-    rows = [(m, round(float(rng.uniform()), 1)) for m, n in zip(movies, counts) for _ in range(n)]
-    rows += [("movie I", 0.9)] * 5 + [("movie J", 0.9)] * 5
-    return pd.DataFrame(rows, columns=["movie_name", "p_positive"])
+def _discordant(y_true, pred_a, pred_b) -> tuple[int, int]:
+    """(b, c): sentences only model A gets right, and only model B gets right."""
+    right_a, right_b = np.asarray(pred_a) == np.asarray(y_true), np.asarray(pred_b) == np.asarray(y_true)
+    return int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
 
 
-def check_recommend(fn: Callable) -> None:
-    """Exercise 0.4: rank movies by mean positive probability, with a minimum review count."""
-    frame = _score_frame()
-    for min_count, k in [(5, 3), (1, 10), (6, 2)]:
-        expected = rank_items(frame, min_count=min_count, k=k)["movie_name"].tolist()
-        got = list(_call("0.4", fn, frame.copy(), min_count, k))
-        assert got == expected, (
-            f"Exercise 0.4: min_count={min_count}, k={k}: expected {expected}, got {got}; drop movies with "
-            "fewer reviews, sort by mean score (high first), break ties by name")
-    _passed("0.4", 3)
+def mcnemar_exact(y_true, pred_a, pred_b) -> float:
+    """The exact two-sided McNemar test (scipy's binomial test on the discordant pairs); 1.0 when there are none."""
+    b, c = _discordant(y_true, pred_a, pred_b)
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+
+
+def _mcnemar_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Paired predictions with few and many disagreements, equal and lopsided, none at all, and 3 classes."""
+    rng = np.random.default_rng(4)
+    cases = []
+    for n, flip_a, flip_b in [(40, 0.1, 0.3), (300, 0.15, 0.2), (1000, 0.2, 0.2), (25, 0.0, 0.0), (60, 0.4, 0.05)]:
+        y = rng.integers(0, 2, n)
+        a = np.where(rng.uniform(size=n) < flip_a, 1 - y, y)
+        b = np.where(rng.uniform(size=n) < flip_b, 1 - y, y)
+        cases.append((y, a, b))
+    y = rng.integers(0, 3, 80)
+    cases.append((y, np.where(rng.uniform(size=80) < 0.2, (y + 1) % 3, y), np.where(rng.uniform(size=80) < 0.3,
+                                                                                       (y + 2) % 3, y)))
+    return cases
+
+
+def check_mcnemar(fn: Callable) -> None:
+    """Exercise 0.4: the exact McNemar test of two classifiers on the same test sentences."""
+    cases = _mcnemar_cases()
+    for y, a, b in cases:
+        expected = mcnemar_exact(y, a, b)
+        got = float(_call("0.4", fn, y.copy(), a.copy(), b.copy()))
+        nb, nc = _discordant(y, a, b)
+        if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12):
+            continue
+        n = len(y)
+        if nb + nc and math.isclose(got, binomtest(nb, n, 0.5).pvalue, rel_tol=1e-6):
+            hint = "count only the sentences where exactly one model is right; agreements carry no evidence"
+        elif nb + nc and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="greater").pvalue, rel_tol=1e-6) \
+                or nb + nc and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="less").pvalue, rel_tol=1e-6):
+            hint = "test two-sided: either model could be the better one"
+        else:
+            hint = ("under 'no difference' each of the b + c discordant sentences is equally likely to favour A or B: "
+                    "p is the two-sided binomial test of b in b + c at 1/2 (exact, not the chi-square "
+                    "approximation); 1.0 when the models never disagree")
+        raise AssertionError(f"Exercise 0.4: {n} sentences, b={nb} (only A right), c={nc} (only B right): expected "
+                             f"p={expected:.4g}, got {got:.4g}; {hint}")
+    _passed("0.4", len(cases))
 
 
 def check_confident_errors(fn: Callable) -> None:

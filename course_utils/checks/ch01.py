@@ -1,17 +1,18 @@
 """Self-checks of chapter 01's exercises (data preparation)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import MinMaxScaler
 
-from ..cleaning import PII_PATTERNS
+from ..cleaning import PII_PATTERNS, krippendorff_alpha_interval
+from ..data import normalise
 from ..dataprep import jaccard
 from ._common import Question, _call, _passed
 
-__all__ = ["QUESTIONS", "check_redact_emails", "check_shingle_jaccard", "check_minmax_train_only", "check_random_swap",
+__all__ = ["QUESTIONS", "check_redact_emails", "check_shingle_jaccard", "check_remove_leaked", "check_interval_alpha",
            "check_group_split"]
 
 # (text, what it tests, outputs accepted besides PII_PATTERNS["EMAIL"]'s). Handles come first, so that a pattern
@@ -58,74 +59,80 @@ def check_shingle_jaccard(fn: Callable) -> None:
     _passed("1.2", 2 * len(pairs))
 
 
-def check_minmax_train_only(fn: Callable) -> None:
-    """Exercise 1.3: min-max scale test values with the training split's minimum and maximum."""
-    rng = np.random.default_rng(3)
-    for _ in range(3):
-        train, test = rng.normal(0, 2, 50), rng.normal(0.5, 2.5, 20)
-        expected = MinMaxScaler().fit(train.reshape(-1, 1)).transform(test.reshape(-1, 1)).ravel()
-        got = np.asarray(_call("1.3", fn, pd.Series(train), pd.Series(test)), dtype=float)
-        assert got.shape == expected.shape and np.allclose(got, expected), (
-            "Exercise 1.3: scale with the TRAINING min and max only; test values may fall outside [0, 1]")
-    _passed("1.3", 3)
+def _leaky_split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A toy train/test pair: some test sentences are in train again, changed in case, spacing or punctuation."""
+    sentences = [f"sentence number {w} is {'good' if i % 2 else 'bad'}" for i, w in enumerate(
+        "one two three four five six seven eight nine ten eleven twelve".split())]
+    train = pd.DataFrame({"text": sentences[:6] + ["Sentence number NINE is GOOD!", "sentence   number ten, is bad"],
+                          "label": [0, 1, 0, 1, 0, 1, 1, 0]})
+    test = pd.DataFrame({"text": sentences[6:] + ["sentence number two is good", "Sentence number one is bad."],
+                         "label": [0, 1, 0, 1, 0, 1, 1, 0]}, index=[f"t{i}" for i in range(8)])
+    return train, test
 
 
-def _swaps_needed(before: list[str], after: list[str]) -> int:
-    """The fewest swaps turning `before` (distinct words) into `after`: len minus the permutation's cycles."""
-    where = {word: i for i, word in enumerate(before)}
-    perm, seen, cycles = [where[word] for word in after], set(), 0
-    for start in range(len(perm)):
-        if start not in seen:
-            cycles += 1
-            i = start
-            while i not in seen:
-                seen.add(i)
-                i = perm[i]
-    return len(perm) - cycles
+def remove_leaked_reference(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """Test rows whose normalised text is not among the training texts', in their order and with their index."""
+    seen = set(train["text"].map(normalise))
+    return test[~test["text"].map(normalise).isin(seen)]
 
 
-def check_random_swap(fn: Callable) -> None:
-    """Exercise 1.4: EDA's random swap: n swaps of two words each, drawn from the given rng, reproducible.
+def check_remove_leaked(fn: Callable) -> None:
+    """Exercise 1.3: drop test sentences that are (after normalising) also in the training split."""
+    train, test = _leaky_split()
+    cases = [(train, test), (train.iloc[:0], test), (test.reset_index(drop=True), test)]
+    for tr, te in cases:
+        expected = remove_leaked_reference(tr, te)
+        got = _call("1.3", fn, tr.copy(), te.copy())
+        assert isinstance(got, pd.DataFrame), f"Exercise 1.3: return the kept test rows as a data frame, got {type(got)}"
+        if len(got) == len(te) - sum(te["text"].isin(set(tr["text"]))) and len(got) != len(expected):
+            hint = ("compare texts after data.normalise: a sentence scraped twice differs in case, spacing or "
+                    "punctuation")
+        elif set(got["text"]) - set(te["text"]):
+            hint = "return rows of the TEST split: the leak is fixed by removing test sentences seen in training"
+        elif list(got.index) != list(expected.index):
+            hint = "keep the test rows' order and index (filter them, do not sort or reset the index)"
+        else:
+            hint = ""
+        assert not hint and got.equals(expected), (
+            f"Exercise 1.3: expected {len(expected)} test rows {list(expected.index)}, got {len(got)} "
+            f"{list(got.index)}; {hint or 'keep exactly the test rows whose normalised text is not in train'}")
+    _passed("1.3", len(cases))
 
-    Whatever rng call picks the two positions (rng.choice, rng.integers, rng.permutation), the result must hold the
-    same words and be undone by at most n swaps (so at most 2n words move); n=1 must move words in most seeds, the
-    seed must matter, and n=3 must sometimes move more than two words.
-    """
-    text = "the quiet american is a handsome and intelligent film"  # distinct words: a word's move is visible
-    words, seeds = text.split(), range(8)
 
-    def swapped(n: int, seed: int) -> tuple[str, int]:
-        """The learner's sentence for (n, seed), checked for words, reproducibility and swap count; and words moved."""
-        a = _call("1.4", fn, text, np.random.default_rng(seed), n)
-        b = fn(text, np.random.default_rng(seed), n)
-        assert sorted(a.split()) == sorted(words), (
-            f"Exercise 1.4: n={n} gave {a!r}; a swap must keep exactly the same words")
-        assert a == b, "Exercise 1.4: use only the rng you are given, so the same seed gives the same result"
-        moved = sum(x != y for x, y in zip(words, a.split()))
-        assert n or a == text, f"Exercise 1.4: n=0 gave {a!r}; n=0 should leave the text as it is"
-        assert _swaps_needed(words, a.split()) <= n, (
-            f"Exercise 1.4: n={n} gave {a!r}: {moved} words moved, more than {n} swaps can do; exchange two words "
-            "in place n times, do not sort, reverse or shuffle the sentence")
-        return a, moved
+def check_interval_alpha(fn: Callable) -> None:
+    """Exercise 1.4: Krippendorff's alpha (interval metric) from its definition, units with any number of ratings."""
+    rng = np.random.default_rng(5)
+    noisy = [list(t + rng.normal(0, 0.6, rng.integers(1, 6))) for t in rng.normal(0, 2, 30)]
+    cases = {
+        "a small table": [[1, 2, 1], [3, 3], [4, 5, 4, 4], [2], [1, 1, 2]],
+        "perfect agreement": [[1, 1], [3, 3, 3], [2, 2], [5]],
+        "disagreement beyond chance": [[1, 5], [5, 1], [1, 5], [5, 1]],
+        "30 units, 1 to 5 raters each": noisy,
+    }
+    for name, units in cases.items():
+        expected = krippendorff_alpha_interval(units)
+        got = float(_call("1.4", fn, [list(u) for u in units]))
+        if math.isclose(got, expected, abs_tol=1e-9):
+            continue
+        pairable = [u for u in units if len(u) >= 2]
+        values = np.concatenate([np.asarray(u, float) for u in pairable])
+        hint = "alpha = 1 - D_o / D_e with squared differences"
+        if any(len(u) < 2 for u in units) and math.isclose(got, _alpha_keeping_singletons(units), abs_tol=1e-9):
+            hint = "a unit rated once cannot disagree with anything: leave it out of both D_o and D_e (and of n)"
+        elif math.isclose(got, 1 - np.mean([np.var(u) for u in pairable]) / np.var(values), abs_tol=1e-9):
+            hint = ("D_o weights each pair within a unit by 1 / (m_u - 1), and D_e averages over pairs of different "
+                    "values, n (n - 1) of them: a ratio of variances is close, not equal")
+        raise AssertionError(f"Exercise 1.4 ({name}): expected alpha {expected:.4f}, got {got:.4f}; {hint}")
+    _passed("1.4", len(cases))
 
-    one_swap = [swapped(1, seed)[0] for seed in seeds]
-    assert sum(a != text for a in one_swap) > len(seeds) // 2, (
-        "Exercise 1.4: n=1 should change the order: swap two different words")
-    assert len(set(one_swap)) > 1, (
-        "Exercise 1.4: n=1 gives the same sentence for every seed; draw the two positions from the rng")
-    for seed in seeds:
-        swapped(2, seed)
-    assert max(swapped(3, seed)[1] for seed in seeds) > 2, (
-        f"Exercise 1.4: n=3 never moved more than two words in {len(seeds)} seeds; swap n times, not once")
-    for seed in seeds[:2]:
-        swapped(0, seed)
-    try:
-        single = fn("one", np.random.default_rng(0), 2)
-    except Exception as err:  # e.g. rng.choice(1, size=2, replace=False) raises ValueError
-        raise AssertionError(f"Exercise 1.4: a one-word text raised {type(err).__name__}; a one-word text has "
-                             "nothing to swap, return it as it is") from None
-    assert single == "one", "Exercise 1.4: a one-word text has nothing to swap, return it as it is"
-    _passed("1.4", 3 * len(seeds) + 3)
+
+def _alpha_keeping_singletons(units) -> float:
+    """The typical mistake: units with one rating counted in n and in the expected disagreement."""
+    values = np.concatenate([np.asarray(u, float) for u in units])
+    n = values.size
+    d_o = sum(((np.subtract.outer(u, u) ** 2).sum() / (len(u) - 1)) for u in map(np.asarray, units) if len(u) >= 2) / n
+    d_e = (np.subtract.outer(values, values) ** 2).sum() / (n * (n - 1))
+    return float(1 - d_o / d_e)
 
 
 def check_group_split(fn: Callable) -> None:

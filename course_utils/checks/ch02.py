@@ -6,15 +6,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score
 
-from ..audit import exposure
-from ..privacy import _gaussian_delta, epsilon_after
+from ..privacy import epsilon_after, group_privacy
 from ._common import Question, _call, _passed
 
-__all__ = ["QUESTIONS", "check_laplace_count", "check_clip_per_example", "check_gaussian_epsilon", "check_attack_auc",
-           "check_exposure"]
+__all__ = ["QUESTIONS", "check_laplace_count", "check_clip_per_example", "check_steps_within", "check_attack_auc",
+           "check_user_level"]
 
 LAPLACE_DRAWS = 20_000  # per epsilon; the std and mean |noise| then sit within 0.8% (one sd) of their values
 # Gaussian noise of the same std sqrt(2)/epsilon has mean |noise| sqrt(2)/epsilon * sqrt(2/pi) = 1.128/epsilon; the
@@ -84,46 +82,46 @@ def check_clip_per_example(fn: Callable) -> None:
     _passed("2.2", 3)
 
 
-def _exact_gaussian_epsilon(sigma: float, steps: int, delta: float) -> float:
-    """The exact epsilon of `steps` Gaussian releases (sensitivity 1, std sigma) at delta: they compose into one
-    Gaussian mechanism with std sigma / sqrt(steps), whose delta(epsilon) is Balle & Wang (2018)'s, decreasing."""
-    std = sigma / math.sqrt(steps)
-    if _gaussian_delta(std, 1.0, 0.0) <= delta:
-        return 0.0
-    high = 1.0
-    while _gaussian_delta(std, 1.0, high) > delta:
-        high *= 2
-    return float(brentq(lambda eps: _gaussian_delta(std, 1.0, eps) - delta, 0.0, high, xtol=1e-12))
+def steps_within_reference(q: float, sigma: float, delta: float, target_eps: float) -> int:
+    """The most DP-SGD steps at Poisson rate q and noise sigma whose RDP epsilon stays within target_eps (0 if none):
+    epsilon grows with the steps, so double until over, then bisect."""
+    if epsilon_after(q, sigma, 1, delta) > target_eps:
+        return 0
+    low, high = 1, 2
+    while epsilon_after(q, sigma, high, delta) <= target_eps:
+        low, high = high, high * 2
+    while high - low > 1:  # epsilon(low) <= target < epsilon(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if epsilon_after(q, sigma, mid, delta) <= target_eps else (low, mid)
+    return low
 
 
-def _mironov_epsilon(sigma: float, steps: int, delta: float, orders=range(2, 257)) -> float:
-    """Mironov (2017)'s classic RDP conversion min_alpha steps alpha / (2 sigma^2) + ln(1/delta) / (alpha - 1)."""
-    alphas = np.asarray(orders, dtype=float)
-    return float((steps * alphas / (2 * sigma ** 2) + math.log(1 / delta) / (alphas - 1)).min())
+STEPS_CASES = [(0.01, 1.0, 1e-5, 2.0), (0.05, 1.1, 1e-5, 8.0), (1.0, 10.0, 1e-5, 3.0), (0.2, 0.8, 1e-5, 0.5),
+               (0.004, 0.7, 1e-6, 3.0)]
 
 
-def check_gaussian_epsilon(fn: Callable) -> None:
-    """Exercise 2.3: epsilon of `steps` full-batch Gaussian steps by RDP composition and conversion.
-
-    Any correct accounting is accepted: the exercise's conversion (Balle et al. 2020, as Opacus) over DEFAULT_ORDERS,
-    Mironov's classic one, either over another sensible grid of orders or continuous alpha, or the exact epsilon of
-    the composed Gaussian mechanism. The answer must lie between the exact epsilon (no accountant can do better)
-    and Mironov's conversion over the integer orders 2..256 (the loosest of these), each with 0.1% slack. The cases'
-    best orders lie between 2 and 6, inside every sensible grid.
-    """
-    cases = [(1.0, 1, 1e-5), (4.0, 100, 1e-5), (10.0, 1000, 1e-6), (2.0, 10, 1e-5)]
-    for sigma, steps, delta in cases:
-        low, high = _exact_gaussian_epsilon(sigma, steps, delta), _mironov_epsilon(sigma, steps, delta)
-        expected = epsilon_after(1.0, sigma, steps, delta)
-        got = float(_call("2.3", fn, sigma, steps, delta))
-        where = f"Exercise 2.3: sigma={sigma}, steps={steps}, delta={delta}: got {got:.4f}"
-        assert got >= low * (1 - 1e-3), (
-            f"{where}, below the exact epsilon {low:.4f} of {steps} Gaussian releases, which no accountant beats "
-            f"(expected {expected:.4f}); RDP adds up over steps (steps * alpha / (2 sigma^2)) and ln(1/delta) counts")
-        assert got <= high * (1 + 1e-3), (
-            f"{where}, above Mironov's conversion {high:.4f}, the loosest accepted (expected {expected:.4f}); "
-            "the RDP of order alpha is steps * alpha / (2 sigma^2), sigma squared: convert each order, take the min")
-    _passed("2.3", len(cases))
+def check_steps_within(fn: Callable) -> None:
+    """Exercise 2.3: how many steps a privacy budget buys, from the RDP accountant (privacy.epsilon_after)."""
+    for q, sigma, delta, target in STEPS_CASES:
+        expected = steps_within_reference(q, sigma, delta, target)
+        got = _call("2.3", fn, q, sigma, delta, target)
+        where = f"Exercise 2.3: q={q}, sigma={sigma}, delta={delta}, target epsilon {target}: expected {expected}"
+        assert isinstance(got, (int, np.integer)), f"{where}; return a whole number of steps, got {got!r}"
+        got = int(got)
+        if got == expected:
+            continue
+        one = epsilon_after(q, sigma, 1, delta)
+        if expected and got == expected + 1:
+            hint = "that is the first step over budget: return the last one within it"
+        elif got == int(target / one) or got == round(target / one):
+            hint = ("epsilon does not grow linearly with the steps (RDP composes additively, then converts): "
+                    "search with the accountant itself")
+        elif got > expected:
+            hint = f"epsilon after {got} steps is {epsilon_after(q, sigma, got, delta):.3f}, over the target"
+        else:
+            hint = f"epsilon after {expected} steps is still {epsilon_after(q, sigma, expected, delta):.3f}"
+        raise AssertionError(f"{where}, got {got}; {hint}")
+    _passed("2.3", len(STEPS_CASES))
 
 
 def check_attack_auc(fn: Callable) -> None:
@@ -140,25 +138,33 @@ def check_attack_auc(fn: Callable) -> None:
     _passed("2.4", 3)
 
 
-def check_exposure(fn: Callable) -> None:
-    """Exercise 2.5: exposure = log2(N) - log2(rank), rank = 1 + how many candidates have a strictly lower loss.
+def chain_delta(epsilon: float, delta: float, k: int) -> float:
+    """The tightest delta of the k-step chain argument: delta * (1 + e^eps + ... + e^((k-1) eps)), capped at 1."""
+    return min(1.0, delta * sum(math.exp(i * epsilon) for i in range(k)))
 
-    Distinct losses first, then losses in groups of eight equal values: a canary tied with others shares their best
-    rank, 1 + how many are strictly lower, so counting losses <= the canary's is caught.
+
+def check_user_level(fn: Callable) -> None:
+    """Exercise 2.5: the guarantee for one person who contributed k records, by group privacy.
+
+    Going from a data set to one without a person's k records takes k neighbouring steps; each multiplies the
+    probability bound by e^eps and adds delta. Accepted: epsilon = k eps, and any delta between that chain's sum
+    delta (1 + e^eps + ... + e^((k-1) eps)) and the textbook bound k e^((k-1) eps) delta (capped at 1).
     """
-    rng = np.random.default_rng(5)
-    distinct = rng.exponential(1.0, 256)
-    tied = rng.permutation(np.repeat(np.arange(32) / 8, 8))  # 32 values, each held by 8 candidates
-    cases = [(distinct, i) for i in (int(np.argmin(distinct)), int(np.argmax(distinct)), 17)]
-    cases += [(tied, i) for i in (int(np.argmin(tied)), int(np.argmax(tied)), 17)]
-    for losses, i in cases:
-        expected = exposure(losses[i], losses)
-        got = float(_call("2.5", fn, float(losses[i]), losses.copy()))
-        ties = int((losses == losses[i]).sum()) - 1
-        hint = (f"the canary is tied with {ties} other candidates, which do not count; " if ties else "")
-        assert abs(got - expected) < 1e-9, (
-            f"Exercise 2.5: expected {expected:.3f} bits, got {got:.3f}; {hint}rank = 1 + how many candidates have "
-            "a strictly lower loss, exposure in bits (log2)")
+    cases = [(1.0, 1e-5, 1), (0.5, 1e-6, 3), (1.0, 1e-5, 4), (8.0, 1e-5, 2), (0.1, 1e-7, 10)]
+    for epsilon, delta, k in cases:
+        got = _call("2.5", fn, epsilon, delta, k)
+        assert isinstance(got, tuple) and len(got) == 2, f"Exercise 2.5: return (epsilon, delta), got {got!r}"
+        eps_k, delta_k = map(float, got)
+        where = f"Exercise 2.5: epsilon={epsilon}, delta={delta}, k={k}: got ({eps_k:.4g}, {delta_k:.4g})"
+        assert math.isclose(eps_k, k * epsilon, rel_tol=1e-9), (
+            f"{where}; removing one person's k records is k neighbouring steps, and each step multiplies the "
+            "probability bound by e^epsilon: the person's epsilon is k * epsilon")
+        low, high = chain_delta(epsilon, delta, k), min(1.0, group_privacy(epsilon, delta, k)[1])
+        assert delta_k >= low * (1 - 1e-9), (
+            f"{where}; delta grows faster than k * delta: at each step of the chain the delta already added is "
+            f"multiplied by e^epsilon, giving delta * (1 + e^eps + ... + e^((k-1) eps)) = {low:.4g}")
+        assert delta_k <= high * (1 + 1e-9), (
+            f"{where}; that delta is looser than even the textbook bound k e^((k-1) eps) delta = {high:.4g}")
     _passed("2.5", len(cases))
 
 
