@@ -1,14 +1,15 @@
-"""Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard} ...`."""
+"""Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard,federated} ...`
+(or `course ...`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from course_utils import report
+from course_utils import config
 from course_utils.assets import prepare_cli
 
 from . import bench, datacard, notebooks, speed
@@ -42,7 +43,8 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     print(table.to_string())
     row = {"notebook": speed.BENCH_NAME, "mode": "full" if args.train_size is None else f"n={args.train_size}",
            "ok": True, "wall_s": round(time.perf_counter() - started, 1), "peak_rss_mb": 0.0, "error": "",
-           "figures": speed.speed_figures(table), "date": datetime.now(timezone.utc).date().isoformat()}
+           "figures": speed.speed_figures(table), "date": datetime.now(UTC).date().isoformat(),
+           "machine": bench.machine_label()}
     json_path, md_path = bench.write_benchmark([row], bench.results_for(args.root))
     _log(f"wrote {json_path} and {md_path}")
     return 0
@@ -82,17 +84,39 @@ def _cmd_datacard(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_federated(args: argparse.Namespace) -> int:
+    """Chapter 03's app on Flower's deployment engine: SuperLink + SuperNodes on 127.0.0.1, run, stop everything."""
+    from course_utils import flower_run  # flwr is imported only for this command
+
+    result = flower_run.deploy({"rounds": args.rounds, "train-size": args.train_size}, supernodes=args.supernodes,
+                               base_port=args.base_port, log=_log)
+    for round_, accuracy in sorted(result["accuracy"].items(), key=lambda kv: int(kv[0])):
+        print(f"round {round_}: test accuracy {accuracy:.3f}")
+    print(f"replies per round: {result['replies']}; {result['wall_s']:.0f} s from start to stop, no process left")
+    return 0
+
+
+def default_root() -> Path:
+    """The course folder when --root is not given: the working directory if it has notebooks/, else the checkout."""
+    cwd = Path.cwd()
+    if (cwd / "notebooks").is_dir():
+        return cwd
+    return config.checkout() or cwd
+
+
+def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentParser:
     """The argument parser with one subcommand per task."""
-    parser = argparse.ArgumentParser(prog="python -m course_harness", description=__doc__)
-    parser.add_argument("--root", type=Path, default=report.repo_root(), help="course checkout (default: this one)")
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--root", type=Path, default=None,
+                        help="course folder holding notebooks/ (default: the working directory if it has one, "
+                             "else this checkout)")
     # --root is also accepted after the command (`bash course run --root DIR` passes it there); SUPPRESS keeps
     # the subcommand from overwriting a --root given before it
     root_after = argparse.ArgumentParser(add_help=False)
-    root_after.add_argument("--root", type=Path, default=argparse.SUPPRESS, help="course checkout (default: this one)")
+    root_after.add_argument("--root", type=Path, default=argparse.SUPPRESS, help="course folder holding notebooks/")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[root_after], help="execute notebooks/NN_*.ipynb and print a results table")
-    run.add_argument("--fast", action="store_true", help="COURSE_FAST=1 (also on when COURSE_FAST=1 is set)")
+    run.add_argument("--fast", action="store_true", help="fast mode (also on when COURSE_FAST is 1, true, yes or on)")
     bench_ = sub.add_parser("bench", parents=[root_after],
                             help="time each notebook in fast and full mode, write results/benchmark.*")
     bench_.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES))
@@ -108,20 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
                             help="time the course's training loop against transformers' Trainer (results/benchmark.*)")
     speed_.add_argument("--train-size", type=int, default=None, help="training sentences (default: all 8,452)")
     speed_.add_argument("--epochs", type=int, default=1, help="epochs for both (default 1)")
+    federated_ = sub.add_parser("federated", parents=[root_after],
+                                help="chapter 03 on Flower's deployment engine: SuperLink and SuperNodes on 127.0.0.1")
+    federated_.add_argument("--supernodes", type=int, default=2, help="SuperNodes (clients) to start (default 2)")
+    federated_.add_argument("--rounds", type=int, default=2, help="FedAvg rounds (default 2)")
+    federated_.add_argument("--train-size", type=int, default=600, help="training sentences split over the clients")
+    federated_.add_argument("--base-port", type=int, default=9191,
+                            help="SuperLink port; SuperNodes take the next N (default 9191)")
     for p, handler in ((run, _cmd_run), (bench_, _cmd_bench), (exercises, _cmd_exercises),
-                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard), (speed_, _cmd_speed)):
+                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard), (speed_, _cmd_speed),
+                       (federated_, _cmd_federated)):
         p.set_defaults(handler=handler)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m course_harness") -> int:
     """Parse arguments, dispatch to the subcommand, return its exit code."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "prepare":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
+    args.root = args.root or default_root()
     try:
+        if args.command in ("run", "bench", "speed"):
+            config.check_settings()  # a bad COURSE_* value stops here, in one line, before anything runs
         return args.handler(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -13,18 +14,25 @@ from pathlib import Path
 
 import nbformat
 import psutil
+import zmq
 from nbclient import NotebookClient
 from nbformat import NotebookNode
+from traitlets.config import Config
 
 from course_utils import report, store
+
+from . import colab
 
 BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END_RE = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 EXERCISE_RE = re.compile(r"^[ \t]*#[ \t]*EXERCISE[ \t]+(?P<label>\d+(?:\.\d+)*[a-z]?)\b", re.MULTILINE)
+CHECK_RE = re.compile(r"\bchecks\.check_\w+\(")
 SOLUTION_MARK = "<!-- SOLUTION -->"
 SOLUTION_ONLY_TAG = "solution-only"
 FOLDERS = ("notebooks", "solutions", "exercises")
 NOTEBOOK_METADATA_KEYS = ("kernelspec", "language_info")
+NBGRADER_KEYS = ("grade", "grade_id", "locked", "points", "schema_version", "solution", "task")
+CHECK_POINTS = 1  # each self-check cell is worth one point under nbgrader
 SAMPLE_INTERVAL_S = 0.2
 
 
@@ -131,9 +139,55 @@ def retitle(nb: NotebookNode) -> None:
             return
 
 
+# ---------------------------------------------------------------- nbgrader cell metadata
+
+
+def has_solution_region(cell: NotebookNode) -> bool:
+    """True for a code cell with a `### BEGIN SOLUTION` line."""
+    return cell.cell_type == "code" and any(BEGIN_RE.match(line) for line in cell.source.split("\n"))
+
+
+def _nbgrader(grade_id: str, solution: bool = False, grade: bool = False, locked: bool = False) -> dict:
+    """One cell's nbgrader metadata (schema 3); grade cells carry their points."""
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
+            "task": False}
+    return {**meta, "points": CHECK_POINTS} if grade else meta
+
+
+def _slug(label: str) -> str:
+    """A grade_id-safe form of an exercise label: '0.3' -> '0-3'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", label)
+
+
+def add_grading(nb: NotebookNode) -> NotebookNode:
+    """Mark a solution notebook's cells for nbgrader: solution regions are answer cells, the `checks.check_...`
+    cell after each is an autograded test, every other cell is read-only; solution-only cells get nothing."""
+    label = None
+    for index, cell in enumerate(nb.cells):
+        metadata = cell.setdefault("metadata", nbformat.from_dict({}))
+        metadata.pop("nbgrader", None)
+        if is_solution_only(cell):
+            continue
+        if has_solution_region(cell):
+            if CHECK_RE.search(cell.source):
+                raise ValueError(f"cell {index}: a self-check shares its cell with a solution; move the "
+                                 "`checks.check_...(...)` call into the next cell so that nbgrader can grade it")
+            label = _slug(exercise_label(cell.source) or cell.id)
+            metadata["nbgrader"] = _nbgrader(f"exercise-{label}", solution=True)
+        elif cell.cell_type == "code" and CHECK_RE.search(cell.source):
+            metadata["nbgrader"] = _nbgrader(f"check-{label or _slug(cell.id)}", grade=True, locked=True)
+            label = None
+        else:
+            metadata["nbgrader"] = _nbgrader(f"locked-{_slug(cell.id)}", locked=True)
+    return nb
+
+
 def make_exercise(nb: NotebookNode) -> NotebookNode:
-    """A copy of a solution notebook with solution regions stubbed and solution-only cells dropped."""
+    """A copy of a solution notebook with solution regions stubbed, solution-only cells dropped, and the
+    solution's nbgrader metadata (`add_grading`), so nbgrader can autograde the exercise as submitted."""
     exercise = copy.deepcopy(nb)
+    if any(has_solution_region(cell) for cell in exercise.cells):
+        add_grading(exercise)
     cells = []
     for index, cell in enumerate(exercise.cells):
         if is_solution_only(cell):
@@ -178,9 +232,12 @@ def generate_exercises(root: Path, check: bool = False) -> list[str]:
 
 
 def _clean_cell_metadata(metadata: Mapping) -> NotebookNode:
-    """Cell metadata reduced to a non-empty `tags` list."""
+    """Cell metadata reduced to a non-empty `tags` list and nbgrader's own keys (no checksums)."""
     tags = list(metadata.get("tags", []))
-    return nbformat.from_dict({"tags": tags} if tags else {})
+    kept: dict = {"tags": tags} if tags else {}
+    if "nbgrader" in metadata:
+        kept["nbgrader"] = {key: metadata["nbgrader"][key] for key in NBGRADER_KEYS if key in metadata["nbgrader"]}
+    return nbformat.from_dict(kept)
 
 
 def _clean_notebook_metadata(metadata: Mapping) -> NotebookNode:
@@ -194,7 +251,8 @@ def _clean_notebook_metadata(metadata: Mapping) -> NotebookNode:
 
 
 def clean_notebook(nb: NotebookNode) -> NotebookNode:
-    """A copy without outputs, execution counts or metadata beyond kernelspec, language and tags."""
+    """A copy without outputs, execution counts or metadata beyond kernelspec, language, tags and nbgrader's;
+    a notebook with solution regions (solutions/) gets its nbgrader metadata from them (`add_grading`)."""
     clean = copy.deepcopy(nb)
     clean.metadata = _clean_notebook_metadata(nb.metadata)
     for cell in clean.cells:
@@ -202,7 +260,9 @@ def clean_notebook(nb: NotebookNode) -> NotebookNode:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    return clean
+    if any(has_solution_region(cell) for cell in clean.cells):
+        add_grading(clean)
+    return colab.apply(clean)  # the Colab install cell and badge follow config.REPO_URL / REPO_REF
 
 
 def _metadata_problems(nb: NotebookNode) -> list[str]:
@@ -225,7 +285,7 @@ def _cell_problems(index: int, cell: NotebookNode) -> list[str]:
     if cell.get("execution_count") is not None:
         problems.append(f"cell {index}: execution_count is {cell.execution_count}")
     metadata = cell.get("metadata", {})
-    extra = sorted(set(metadata) - {"tags"})
+    extra = sorted(set(metadata) - {"tags", "nbgrader"})
     if extra:
         problems.append(f"cell {index}: extra metadata keys {extra}")
     if "tags" in metadata and not metadata["tags"]:
@@ -239,9 +299,17 @@ def notebook_problems(path: Path) -> list[str]:
         nb = read_notebook(path)
     except ValueError as err:
         return [str(err)]
-    problems = _metadata_problems(nb)
+    problems = _metadata_problems(nb) + colab.problems(nb)
     for index, cell in enumerate(nb.cells):
         problems += _cell_problems(index, cell)
+    if any(has_solution_region(cell) for cell in nb.cells):
+        try:
+            graded = clean_notebook(nb).cells
+        except ValueError as err:  # a solution notebook nbgrader could not grade
+            return [*problems, str(err)]
+        stale = [index for index, cell in enumerate(nb.cells)
+                 if cell.metadata.get("nbgrader") != graded[index].metadata.get("nbgrader")]
+        problems += [f"cells {stale}: nbgrader metadata missing or out of date"] if stale else []
     if not problems and Path(path).read_text(encoding="utf-8") != render(clean_notebook(nb)):
         problems.append("file layout is not canonical (nbformat 4.5, JSON indent 1, ids on every cell)")
     return problems
@@ -361,6 +429,14 @@ def describe_error(err: Exception, cell_index: int | None) -> str:
     return one_line(f"{where}: {name}: {message}" if message else f"{where}: {name}")
 
 
+def kernel_config(socket_dir: Path) -> Config:
+    """Kernel manager settings: IPC sockets in `socket_dir` where zmq has them (no open TCP port, and ipykernel's
+    'running over TCP without encryption' warning never reaches the learner), else CurveZMQ-encrypted TCP."""
+    if zmq.has("ipc"):  # an absolute path: the default 'kernel-ipc' is relative, and the kernel runs in another cwd
+        return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(socket_dir) / "kernel")}})
+    return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+
+
 def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
              sampler: RssSampler) -> str:
     """Execute `nb` in place in a fresh python3 kernel; '' on success, else a one-line error."""
@@ -374,14 +450,15 @@ def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
         """Remember which cell is running, for the error message."""
         state["cell"] = cell_index
 
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                            resources={"metadata": {"path": str(cwd)}},
-                            on_notebook_start=on_start, on_cell_execute=on_cell,
-                            on_cell_executed=lambda **_: sampler.sample())
-    try:
-        client.execute(env=env)
-    except Exception as err:  # a harness reports any failure of the notebook instead of crashing
-        return describe_error(err, state["cell"])
+    with tempfile.TemporaryDirectory(prefix="course-kernel-") as sockets:
+        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, config=kernel_config(Path(sockets)),
+                                resources={"metadata": {"path": str(cwd)}},
+                                on_notebook_start=on_start, on_cell_execute=on_cell,
+                                on_cell_executed=lambda **_: sampler.sample())
+        try:
+            client.execute(env=env)
+        except Exception as err:  # a harness reports any failure of the notebook instead of crashing
+            return describe_error(err, state["cell"])
     return ""
 
 
@@ -391,7 +468,7 @@ def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 1
     path = Path(path).resolve()
     nb = read_notebook(path)
     kernel_env = kernel_environment(env)
-    results = Path(kernel_env["COURSE_RESULTS"])
+    results = report.results_dir(kernel_env)
     report.clear(path.stem, results)
     sampler = RssSampler()
     start = time.perf_counter()

@@ -3,8 +3,9 @@
 Same data (chapter 00's training split), model (MiniLM), settings (max length 64, batch 32, lr 5e-5, linear warm-up
 6%, weight decay 0.01, gradient clipping 1.0, length-grouped batches) and epochs. The course loop also validates after
 each epoch, keeps the best checkpoint and saves its resume state. Both run on `config.device()` in the arithmetic
-`config.precision()` picks (Trainer's `bf16`/`fp16` switches set to match). Trainer runs twice: doing the same work (validation
-each epoch, the best checkpoint kept) and bare (no evaluation, no checkpoints), the most favourable setting for it. `python -m course_harness speed` prints the table; `bench` records it.
+`config.precision()` picks (Trainer's `bf16`/`fp16` switches set to match). Trainer runs twice: doing the same
+work (validation each epoch, the best checkpoint kept) and bare (no evaluation, no checkpoints), the most favourable
+setting for it. `python -m course_harness speed` prints the table; `bench` records it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -80,7 +80,8 @@ def time_trainer(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Path, 
         bf16=config.precision() == "bf16", fp16=config.precision() == "fp16", **extra)
     trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, cfg.max_length),
                       eval_dataset=_encode(splits.validation, tokenizer, cfg.max_length) if same_work else None,
-                      compute_metrics=_accuracy if same_work else None, data_collator=DataCollatorWithPadding(tokenizer))
+                      compute_metrics=_accuracy if same_work else None,
+                      data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

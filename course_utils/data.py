@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import unicodedata
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ DOMAINS = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
            "tweets": "tweets", "nyt": "nytEditorialSnippets"}
 LABEL_NAMES = ["negative", "positive"]
 LABEL_RULE = "label = 1 if the mean human rating > 0, 0 if < 0; rating == 0 is dropped"
-SPLIT_FILE = "data/splits/movie.json"
+SPLIT_RESOURCE = "splits/movie.json"  # package data inside course_utils, so an installed course finds it
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SEED = 20261128
 NEAR_DUPLICATE_COSINE = 0.9
@@ -112,7 +112,7 @@ def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
     pairs = []
     for start in range(0, a.shape[0], 1000):
         sims = (a[start:start + 1000] @ b.T).toarray()  # (chunk, len(texts_b))
-        for i, j in zip(*np.nonzero(sims >= threshold)):
+        for i, j in zip(*np.nonzero(sims >= threshold), strict=True):
             i = int(i) + start
             if not same or i < j:
                 pairs.append((i, int(j), float(sims[i - start, j])))
@@ -162,9 +162,14 @@ def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
             "duplicates_dropped": dropped}
 
 
+def split_spec() -> dict:
+    """The committed movie split ids (course_utils/splits/movie.json, read as package data)."""
+    return json.loads(resources.files(__package__).joinpath(SPLIT_RESOURCE).read_text(encoding="utf-8"))
+
+
 def make_movie_split_file(path: Path | None = None) -> Path:
-    """Regenerate data/splits/movie.json (committed; a test checks it is reproducible)."""
-    path = path or config.repo_root() / SPLIT_FILE
+    """Regenerate course_utils/splits/movie.json (committed; a test checks it is reproducible)."""
+    path = path or Path(__file__).resolve().parent / SPLIT_RESOURCE
     ids = stratified_split(load_domain("movie"))
     store.write_json(path, {"rule": LABEL_RULE, "seed": SPLIT_SEED, "fractions": SPLIT_FRACTIONS, **ids})
     return path
@@ -172,7 +177,7 @@ def make_movie_split_file(path: Path | None = None) -> Path:
 
 def movie_splits() -> Splits:
     """The fixed, stratified, duplicate-free train/validation/test splits of the movie domain."""
-    spec = json.loads((config.repo_root() / SPLIT_FILE).read_text())
+    spec = split_spec()
     frame = load_domain("movie").set_index("id")
     parts = [frame.loc[spec[name]].reset_index() for name in ("train", "validation", "test")]
     return Splits(*parts, label_names=list(LABEL_NAMES), source="movie")
@@ -265,7 +270,7 @@ def online_splits() -> Splits:
 
 def course_splits() -> Splits:
     """The splits chapter 00 trains on: COURSE_DATA file if set, HF data online, else the movie splits."""
-    custom = os.environ.get("COURSE_DATA")
+    custom = config.data_file()
     if custom:
         frame = load_text_file(custom)
         names = sorted(frame["label_name"].unique())

@@ -282,7 +282,7 @@ def embedding_neighbours(words: list[str], tokenizer, model, k: int = 5) -> dict
         sims = emb[ids] @ emb.T  # (chunk, V)
         sims[:, ~whole] = -2
         sims[torch.arange(len(chunk)), ids] = -2
-        for word, top in zip(chunk, sims.topk(k, dim=-1).indices.tolist()):
+        for word, top in zip(chunk, sims.topk(k, dim=-1).indices.tolist(), strict=True):
             out[word] = [vocab[i] for i in top]
     return out
 

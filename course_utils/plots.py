@@ -13,7 +13,7 @@ def training_curve(history: list[dict], curve: list[list[float]] | None = None, 
         raise ValueError("history is empty; train for at least one epoch first")
     ax = ax or plt.subplots(figsize=(6, 3))[1]
     if curve:
-        steps, losses = zip(*curve)
+        steps, losses = zip(*curve, strict=True)
         ax.plot(steps, losses, "-", color="tab:blue", label="train loss (mean of 10 steps)")
     else:
         ax.plot([row["step"] for row in history], [row["train_loss"] for row in history], "o-", color="tab:blue")

@@ -3,28 +3,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
 
-from . import store
+from . import config, store
 
-Scalar = Union[float, int, str, bool, None]
+Scalar = float | int | str | bool | None
 CHAPTER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def repo_root() -> Path:
-    """The course checkout: the parent of the course_utils package folder."""
+    """The folder that holds the course_utils package: the checkout, or site-packages when installed."""
     return Path(__file__).resolve().parent.parent
 
 
 def results_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where results go: $COURSE_RESULTS, else <repo root>/results."""
-    env = os.environ if environ is None else environ
-    override = env.get("COURSE_RESULTS")
-    return Path(override).expanduser() if override else repo_root() / "results"
+    """Where results go: $COURSE_RESULTS, else <checkout>/results, else <cache>/results (see config.results_dir)."""
+    return config.results_dir(environ)
 
 
 def figure_path(chapter: str, directory: Path | None = None) -> Path:

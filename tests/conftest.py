@@ -11,7 +11,7 @@ from course_utils import data, modeling
 
 
 @pytest.fixture(scope="session")
-def movie() -> "data.pd.DataFrame":
+def movie() -> data.pd.DataFrame:
     """The whole movie domain under the course's label rule."""
     return data.load_domain("movie")
 

@@ -96,7 +96,7 @@ def test_clean_frame_reports_every_change_and_drop() -> None:
     assert list(cleaned["text"]) == ['"Conan" is back', "Fish & chips", "full width", "fine as is"]
     assert list(cleaned["id"]) == [0, 1, 2, 5]
     assert list(report.columns) == ["step", "rows"]
-    assert dict(zip(report["step"], report["rows"])) == {
+    assert dict(zip(report["step"], report["rows"], strict=True)) == {
         "unescape_html": 2, "unicode_nfkc": 1, "fix_quote_artefacts": 1, "collapse_whitespace": 2,
         cleaning.DROP_STEP: 4}
     assert len(frame) - len(cleaned) == report["rows"].iloc[-1]
@@ -371,7 +371,7 @@ def test_real_data_cleaning_and_pii_figures() -> None:
                "nyt": [8, 0, 541, 9, 0]}
     for domain in data.DOMAINS:
         cleaned, report = cleaning.clean_frame(data.load_domain(domain))
-        print(domain, dict(zip(report["step"], report["rows"])))
+        print(domain, dict(zip(report["step"], report["rows"], strict=True)))
         assert list(report["rows"]) == changed[domain]
         assert not cleaned["text"].str.contains("''", regex=False).any()
     redacted, table = cleaning.redact_frame(data.load_domain("tweets"))

@@ -17,7 +17,7 @@ from course_harness.__main__ import main
 from course_utils import assets, report
 
 RUN_HEADER = "| notebook | status | wall_s | peak_rss_mb | figures |"
-BENCH_HEADER = "| notebook | mode | status | wall_s | peak_rss_mb | date | figures |"
+BENCH_HEADER = "| notebook | mode | status | wall_s | peak_rss_mb | date | machine | figures |"
 FAILURE = "cell 2: ValueError: boom on purpose"
 
 
@@ -80,6 +80,16 @@ def test_run_passing_notebook_prints_its_figures(passing_root: Path, results: Pa
     assert (results / "executed" / "00_pass.ipynb").exists()
     assert not (passing_root / "results").exists()
     assert not (report.repo_root() / "results" / "figures" / "00_pass.json").exists()
+
+
+def test_run_takes_fast_mode_from_any_spelling_config_accepts(passing_root: Path, results: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("COURSE_FAST", "true")  # `COURSE_FAST=true bash course run` once ran full mode
+    assert main(["run", "--root", str(passing_root), "--only", "00"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[2].endswith(" | acc=0.831, n=3, fast=1, retrain=0 |")
+    assert "running 00_pass.ipynb (fast) ..." in err
 
 
 def test_run_failing_notebook_exits_1_with_the_error(failing_root: Path, results: Path,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,10 +29,10 @@ def test_unknown_domain_lists_valid_ones():
         data.load_domain("imdb")
 
 
-def test_committed_splits_are_reproducible_and_disjoint(movie):
-    spec = json.loads((config.repo_root() / data.SPLIT_FILE).read_text())
-    again = data.stratified_split(movie)
-    for name in ("train", "validation", "test", "duplicates_dropped"):
+def test_committed_splits_are_reproducible_and_disjoint(movie, tmp_path):
+    spec = data.split_spec()
+    again = json.loads(data.make_movie_split_file(tmp_path / "movie.json").read_text())
+    for name in ("rule", "seed", "train", "validation", "test", "duplicates_dropped"):
         assert spec[name] == again[name], f"{name} split differs from make_movie_split_file()"
     ids = [set(spec[n]) for n in ("train", "validation", "test")]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -39,6 +41,18 @@ def test_committed_splits_are_reproducible_and_disjoint(movie):
     assert abs(len(splits.train) / total - 0.8) < 0.005 and abs(len(splits.test) / total - 0.1) < 0.005
     for frame in (splits.validation, splits.test):
         assert abs(frame["label"].mean() - splits.train["label"].mean()) < 0.01
+
+
+def test_split_file_is_package_data_that_make_movie_split_file_rewrites(monkeypatch):
+    """The splits ship inside course_utils (an installed course reads them); the generator writes that same file."""
+    shipped = resources.files("course_utils").joinpath(data.SPLIT_RESOURCE)
+    assert data.split_spec() == json.loads(shipped.read_text()) and len(data.split_spec()["test"]) == 1057
+    assert not (config.repo_root() / "data" / "splits").exists(), "the split file moved into course_utils/splits/"
+    written = []
+    monkeypatch.setattr(data, "load_domain", lambda name: None)  # nothing is computed or written for real
+    monkeypatch.setattr(data, "stratified_split", lambda frame: {})
+    monkeypatch.setattr(data.store, "write_json", lambda path, payload: written.append(path))
+    assert data.make_movie_split_file() == Path(str(shipped)) and written == [Path(str(shipped))]
 
 
 def test_leakage_report_finds_exact_and_near_duplicates(movie):

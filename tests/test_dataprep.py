@@ -25,7 +25,7 @@ def test_lsh_finds_planted_near_duplicates_and_nothing_else(movie):
     texts = list(movie["text"].iloc[:300])
     planted = [texts[5].upper() + " !", texts[17].replace(",", "")]
     pairs = dataprep.lsh_pairs(planted, texts, threshold=0.7)
-    assert sorted(zip(pairs["i"], pairs["j"])) == [(0, 5), (1, 17)]
+    assert sorted(zip(pairs["i"], pairs["j"], strict=True)) == [(0, 5), (1, 17)]
     assert dataprep.lsh_pairs(texts, threshold=0.7).empty
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
         dataprep.lsh_pairs(texts, threshold=1.5)
@@ -50,13 +50,13 @@ def test_exact_jaccard_pairs_match_the_pairwise_definition(movie):
     brute = {(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))
              if dataprep.jaccard(texts[i], texts[j]) >= 0.6}
     exact = dataprep.exact_jaccard_pairs(texts, threshold=0.6, chunk=7)  # chunks that do not divide the rows
-    assert set(zip(exact["i"], exact["j"])) == brute and len(brute) >= 3
+    assert set(zip(exact["i"], exact["j"], strict=True)) == brute and len(brute) >= 3
     assert any(dataprep.jaccard(texts[30], t) < 0.6 for t in texts[83:]), "some truncations fall below"
     assert exact["jaccard"].to_numpy() == pytest.approx([dataprep.jaccard(texts[i], texts[j])
-                                                         for i, j in zip(exact["i"], exact["j"])])
+                                                         for i, j in zip(exact["i"], exact["j"], strict=True)])
     across = dataprep.exact_jaccard_pairs(texts[80:83], texts[:80], threshold=0.6)
     brute_across = {(i, j) for i in range(3) for j in range(80) if dataprep.jaccard(texts[80 + i], texts[j]) >= 0.6}
-    assert set(zip(across["i"], across["j"])) == brute_across and {(0, 3), (1, 10)} <= brute_across
+    assert set(zip(across["i"], across["j"], strict=True)) == brute_across and {(0, 3), (1, 10)} <= brute_across
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
         dataprep.exact_jaccard_pairs(texts, threshold=0)
 

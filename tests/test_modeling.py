@@ -41,7 +41,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_splits,
     again = modeling.train(resumed, tokenizer, tiny_splits.train, tiny_splits.validation, TINY,
                            tmp_path / "cut", progress=False)
     assert [row["epoch"] for row in again] == [1, 2]
-    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert again[-1]["val_accuracy"] == pytest.approx(history[-1]["val_accuracy"])
 
@@ -75,9 +75,11 @@ def test_a_real_interruption_resumes_from_the_last_periodic_save(tmp_path, tiny_
     resumed = _fresh_model()
     again = modeling.train(resumed, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "cut",
                            progress=False)
-    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
-    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    def drop_time(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
     assert drop_time(again) == drop_time(history)
     done_full = json.loads((tmp_path / "full" / "done.json").read_text())
     done_cut = json.loads((tmp_path / "cut" / "done.json").read_text())

@@ -111,7 +111,9 @@ def test_clean_notebook_strips_outputs_and_metadata() -> None:
     assert dict(clean.metadata) == {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                    "language": "python"}, "language_info": {"name": "python"}}
     assert clean.cells[1].outputs == [] and clean.cells[1].execution_count is None
-    assert clean.cells[1].metadata == {}
+    assert clean.cells[1].metadata == {"nbgrader": {"grade": False, "grade_id": f"locked-{dirty.cells[1].id}",
+                                                    "locked": True, "schema_version": 3, "solution": False,
+                                                    "task": False}}  # read-only under nbgrader
     assert clean.cells[5].metadata == {"tags": ["solution-only"]}
     assert [c.id for c in clean.cells] == [c.id for c in dirty.cells]
     assert dirty.cells[1].execution_count == 3 and "widgets" in dirty.metadata
@@ -123,11 +125,63 @@ def test_notebook_problems_and_clean_all(tmp_path: Path) -> None:
     assert problems == ["notebook metadata has extra keys ['widgets']",
                         "notebook metadata language_info has extra keys ['version']",
                         "cell 1: has 1 output(s)", "cell 1: execution_count is 3",
-                        "cell 1: extra metadata keys ['collapsed']", "cell 1: empty tags list"]
+                        "cell 1: extra metadata keys ['collapsed']", "cell 1: empty tags list",
+                        "cells [0, 1, 2, 3, 6]: nbgrader metadata missing or out of date"]
     assert notebooks.clean_all(tmp_path, check=True)[0] == "notebooks/00_intro.ipynb: " + problems[0]
     assert notebooks.clean_all(tmp_path) == ["notebooks/00_intro.ipynb"]
     assert notebooks.clean_all(tmp_path, check=True) == []
     assert notebooks.clean_all(tmp_path) == []
+
+
+def graded_solution() -> nbformat.NotebookNode:
+    """A solution notebook laid out like the course's: exercise cell, then its self-check cell."""
+    return new_notebook(cells=[
+        new_markdown_cell("# 09 · Toy: Solutions"),
+        new_code_cell("from course_utils import checks"),
+        new_markdown_cell("## Exercise 9.1: add one"),
+        new_code_cell("# EXERCISE 9.1\ndef f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION"),
+        new_code_cell("checks.check_f(f)\nprint(f(1))"),
+        new_code_cell("# EXERCISE 9.2\ndef answer_9_2():\n    ### BEGIN SOLUTION\n    return 'a'\n"
+                      "    ### END SOLUTION"),
+        new_code_cell('checks.check_question("9.2", answer_9_2)'),
+        new_markdown_cell("<!-- SOLUTION -->\nWhy."),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def test_nbgrader_metadata_solution_test_and_read_only_cells() -> None:
+    solution = notebooks.clean_notebook(graded_solution())
+    roles = [(c.metadata["nbgrader"]["grade_id"], c.metadata["nbgrader"]["solution"], c.metadata["nbgrader"]["grade"],
+              c.metadata["nbgrader"]["locked"], c.metadata["nbgrader"].get("points"))
+             for c in solution.cells if "nbgrader" in c.metadata]
+    ids = [c.id for c in solution.cells]
+    assert roles == [(f"locked-{ids[0]}", False, False, True, None), (f"locked-{ids[1]}", False, False, True, None),
+                     (f"locked-{ids[2]}", False, False, True, None), ("exercise-9-1", True, False, False, None),
+                     ("check-9-1", False, True, True, 1), ("exercise-9-2", True, False, False, None),
+                     ("check-9-2", False, True, True, 1)]
+    assert "nbgrader" not in solution.cells[7].metadata  # solution-only: never released
+    assert all(c.metadata["nbgrader"]["schema_version"] == 3 for c in solution.cells[:7])
+    exercise = notebooks.make_exercise(solution)
+    assert [c.metadata for c in exercise.cells] == [c.metadata for c in solution.cells[:7]]
+    assert "NotImplementedError" in exercise.cells[3].source and "return x + 1" not in exercise.cells[3].source
+
+
+def test_a_check_inside_a_solution_cell_is_refused(tmp_path: Path) -> None:
+    nb = graded_solution()
+    nb.cells[5].source += "\n\n\nchecks.check_question('9.2', answer_9_2)"
+    with pytest.raises(ValueError, match=r"^cell 5: a self-check shares its cell with a solution; move the "):
+        notebooks.clean_notebook(nb)
+    path = write_nb(tmp_path / "solutions" / "09_toy.ipynb", nb)
+    assert notebooks.notebook_problems(path)[-1].startswith("cell 5: a self-check shares its cell with a solution")
+
+
+def test_clean_check_reports_stale_nbgrader_metadata(tmp_path: Path) -> None:
+    path = write_nb(tmp_path / "solutions" / "09_toy.ipynb", notebooks.clean_notebook(graded_solution()))
+    assert notebooks.notebook_problems(path) == []
+    nb = notebooks.read_notebook(path)
+    nb.cells[4].metadata["nbgrader"]["points"] = 5
+    del nb.cells[3].metadata["nbgrader"]
+    path.write_text(notebooks.render(nb))
+    assert notebooks.notebook_problems(path) == ["cells [3, 4]: nbgrader metadata missing or out of date"]
 
 
 def test_cli_exercises_and_clean_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -159,6 +213,21 @@ def test_run_notebook_env_figures_and_memory(tmp_path: Path) -> None:
     assert result.peak_rss_mb > 0 and result.wall_s > 0
     assert path.read_text() == before
     assert "hello on" in executed.read_text()
+
+
+@pytest.mark.parametrize("ipc", [True, False], ids=["ipc", "tcp-without-ipc"])
+def test_run_notebook_prints_no_kernel_warnings(ipc: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture) -> None:
+    if not ipc:  # where zmq has no IPC (Windows), the kernel still must not warn about plain-text TCP
+        has = notebooks.zmq.has
+        monkeypatch.setattr(notebooks.zmq, "has", lambda feature: feature != "ipc" and has(feature))
+    path = write_nb(tmp_path / "00_quiet.ipynb", new_notebook(cells=[new_code_cell("print('ran')")]))
+    capfd.readouterr()
+    result = notebooks.run_notebook(path, env={"COURSE_RESULTS": str(tmp_path / "results")}, timeout=120)
+    out, err = capfd.readouterr()
+    assert result.ok, result.error
+    assert "without encryption" not in err and "WARNING" not in err, err
+    assert err.strip() == "" and out.strip() == ""
 
 
 def test_run_notebook_failure_is_one_line_naming_the_cell(tmp_path: Path) -> None:

@@ -1,11 +1,8 @@
 """The course's own notebooks: clean, exercises in sync with solutions, stubs fail their checks, own data runs."""
 from __future__ import annotations
 
-import os
-
 import nbformat
 import numpy as np
-import pytest
 from nbclient import NotebookClient
 
 from course_harness import notebooks

@@ -1,7 +1,6 @@
 """Chapter 02 differential privacy: validation, mechanisms, the RDP accountant against Opacus, DP-SGD."""
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 

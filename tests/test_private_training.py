@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_utils import audit, frozen, modeling, privacy, private_runs
+from course_utils import audit, frozen, modeling, privacy, private_runs, topmodel
 from course_utils import private_training as pt
-from course_utils import topmodel
 
 HIDDEN = 384  # MiniLM-L6's width (the code reads it from encoder.config)
 
@@ -184,7 +183,7 @@ def test_canary_exposures_equal_the_per_canary_definition(encoder, tokenizer) ->
         model.classifier.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     got = audit.canary_exposures(model, feats, candidates["code"], canaries)
     expected = []
-    for code, label in zip(canaries["code"], canaries["label"]):
+    for code, label in zip(canaries["code"], canaries["label"], strict=True):
         losses = topmodel.per_example_loss(model, feats, labels=np.full(64, label))
         expected.append(audit.exposure(losses[candidates.index[candidates["code"] == code][0]], losses))
     np.testing.assert_allclose(got, expected, atol=1e-6)

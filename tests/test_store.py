@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from course_utils import assets, config, frozen, modeling, privacy, private_runs
+from course_utils import assets, config, frozen, modeling, privacy, private_runs, store
 from course_utils import private_training as pt
-from course_utils import store
 
 # ---------------------------------------------------------------------------------------------- key()
 

@@ -1,0 +1,1 @@
+"""The course harness: runs, times, cleans and generates the notebooks (`python -m course_harness`, `course`)."""
