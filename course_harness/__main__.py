@@ -1,5 +1,6 @@
 """Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard,federated} ...`
 (or `course ...`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,17 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     table = speed.compare(train_size=args.train_size, epochs=args.epochs)
     print(table.to_string())
-    row = {"notebook": speed.BENCH_NAME, "mode": "full" if args.train_size is None else f"n={args.train_size}",
-           "ok": True, "wall_s": round(time.perf_counter() - started, 1), "peak_rss_mb": 0.0, "error": "",
-           "figures": speed.speed_figures(table), "date": datetime.now(UTC).date().isoformat(),
-           "machine": bench.machine_label()}
+    row = {
+        "notebook": speed.BENCH_NAME,
+        "mode": "full" if args.train_size is None else f"n={args.train_size}",
+        "ok": True,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": 0.0,
+        "error": "",
+        "figures": speed.speed_figures(table),
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": bench.machine_label(),
+    }
     json_path, md_path = bench.write_benchmark([row], bench.results_for(args.root))
     _log(f"wrote {json_path} and {md_path}")
     return 0
@@ -62,8 +70,9 @@ def _report_sync(found: list[str], check: bool, problem: str, done: str) -> int:
 def _cmd_exercises(args: argparse.Namespace) -> int:
     """Generate exercises/ from solutions/, or check that they are in sync."""
     names = [f"exercises/{name}" for name in notebooks.generate_exercises(args.root, check=args.check)]
-    return _report_sync(names, args.check, "exercises out of sync with solutions/ "
-                        "(run `python -m course_harness exercises`):", "wrote")
+    return _report_sync(
+        names, args.check, "exercises out of sync with solutions/ (run `python -m course_harness exercises`):", "wrote"
+    )
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
@@ -88,8 +97,12 @@ def _cmd_federated(args: argparse.Namespace) -> int:
     """Chapter 03's app on Flower's deployment engine: SuperLink + SuperNodes on 127.0.0.1, run, stop everything."""
     from course_utils import flower_run  # flwr is imported only for this command
 
-    result = flower_run.deploy({"rounds": args.rounds, "train-size": args.train_size}, supernodes=args.supernodes,
-                               base_port=args.base_port, log=_log)
+    result = flower_run.deploy(
+        {"rounds": args.rounds, "train-size": args.train_size},
+        supernodes=args.supernodes,
+        base_port=args.base_port,
+        log=_log,
+    )
     for round_, accuracy in sorted(result["accuracy"].items(), key=lambda kv: int(kv[0])):
         print(f"round {round_}: test accuracy {accuracy:.3f}")
     print(f"replies per round: {result['replies']}; {result['wall_s']:.0f} s from start to stop, no process left")
@@ -107,9 +120,12 @@ def default_root() -> Path:
 def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentParser:
     """The argument parser with one subcommand per task."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--root", type=Path, default=None,
-                        help="course folder holding notebooks/ (default: the working directory if it has one, "
-                             "else this checkout)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="course folder holding notebooks/ (default: the working directory if it has one, else this checkout)",
+    )
     # --root is also accepted after the command (`bash course run --root DIR` passes it there); SUPPRESS keeps
     # the subcommand from overwriting a --root given before it
     root_after = argparse.ArgumentParser(add_help=False)
@@ -117,8 +133,9 @@ def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentPar
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[root_after], help="execute notebooks/NN_*.ipynb and print a results table")
     run.add_argument("--fast", action="store_true", help="fast mode (also on when COURSE_FAST is 1, true, yes or on)")
-    bench_ = sub.add_parser("bench", parents=[root_after],
-                            help="time each notebook in fast and full mode, write results/benchmark.*")
+    bench_ = sub.add_parser(
+        "bench", parents=[root_after], help="time each notebook in fast and full mode, write results/benchmark.*"
+    )
     bench_.add_argument("--modes", nargs="+", choices=bench.MODES, default=list(bench.MODES))
     for p in (run, bench_):
         p.add_argument("--only", nargs="+", metavar="NN", help="two-digit notebook numbers, e.g. --only 00 03")
@@ -128,20 +145,34 @@ def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentPar
         p.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is out of date")
     prepare = sub.add_parser("prepare", add_help=False, help="fetch and extract the offline assets (prepare --help)")
     datacard = sub.add_parser("datacard", parents=[root_after], help="regenerate data/README.md from the data")
-    speed_ = sub.add_parser("speed", parents=[root_after],
-                            help="time the course's training loop against transformers' Trainer (results/benchmark.*)")
+    speed_ = sub.add_parser(
+        "speed",
+        parents=[root_after],
+        help="time the course's training loop against transformers' Trainer (results/benchmark.*)",
+    )
     speed_.add_argument("--train-size", type=int, default=None, help="training sentences (default: all 8,452)")
     speed_.add_argument("--epochs", type=int, default=1, help="epochs for both (default 1)")
-    federated_ = sub.add_parser("federated", parents=[root_after],
-                                help="chapter 03 on Flower's deployment engine: SuperLink and SuperNodes on 127.0.0.1")
+    federated_ = sub.add_parser(
+        "federated",
+        parents=[root_after],
+        help="chapter 03 on Flower's deployment engine: SuperLink and SuperNodes on 127.0.0.1",
+    )
     federated_.add_argument("--supernodes", type=int, default=2, help="SuperNodes (clients) to start (default 2)")
     federated_.add_argument("--rounds", type=int, default=2, help="FedAvg rounds (default 2)")
     federated_.add_argument("--train-size", type=int, default=600, help="training sentences split over the clients")
-    federated_.add_argument("--base-port", type=int, default=9191,
-                            help="SuperLink port; SuperNodes take the next N (default 9191)")
-    for p, handler in ((run, _cmd_run), (bench_, _cmd_bench), (exercises, _cmd_exercises),
-                       (clean, _cmd_clean), (prepare, _cmd_prepare), (datacard, _cmd_datacard), (speed_, _cmd_speed),
-                       (federated_, _cmd_federated)):
+    federated_.add_argument(
+        "--base-port", type=int, default=9191, help="SuperLink port; SuperNodes take the next N (default 9191)"
+    )
+    for p, handler in (
+        (run, _cmd_run),
+        (bench_, _cmd_bench),
+        (exercises, _cmd_exercises),
+        (clean, _cmd_clean),
+        (prepare, _cmd_prepare),
+        (datacard, _cmd_datacard),
+        (speed_, _cmd_speed),
+        (federated_, _cmd_federated),
+    ):
         p.set_defaults(handler=handler)
     return parser
 

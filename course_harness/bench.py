@@ -1,4 +1,5 @@
 """Run the course notebooks headless, time them, and tabulate their key figures."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -32,8 +33,10 @@ def normalise_prefixes(only: Sequence[str]) -> list[str]:
     prefixes = []
     for item in only:
         if not str(item).isdigit() or len(str(item)) > 2:
-            raise ValueError(f"--only takes two-digit notebook numbers like 00 or 03, got {item!r}; "
-                             "pass the number at the start of the notebook's file name")
+            raise ValueError(
+                f"--only takes two-digit notebook numbers like 00 or 03, got {item!r}; "
+                "pass the number at the start of the notebook's file name"
+            )
         prefixes.append(str(item).zfill(2))
     return prefixes
 
@@ -46,13 +49,16 @@ def find_notebooks(root: Path, only: Sequence[str] | None = None) -> list[Path]:
         if match:
             found.setdefault(match["prefix"], []).append(path)
     if not found:
-        raise ValueError(f"no NN_*.ipynb notebooks in {Path(root) / 'notebooks'}; "
-                         "run from the course checkout or pass --root")
+        raise ValueError(
+            f"no NN_*.ipynb notebooks in {Path(root) / 'notebooks'}; run from the course checkout or pass --root"
+        )
     wanted = normalise_prefixes(only) if only else sorted(found)
     missing = [p for p in wanted if p not in found]
     if missing:
-        raise ValueError(f"no notebook numbered {', '.join(missing)} in {Path(root) / 'notebooks'}; "
-                         f"available: {', '.join(sorted(found)) or 'none'}")
+        raise ValueError(
+            f"no notebook numbered {', '.join(missing)} in {Path(root) / 'notebooks'}; "
+            f"available: {', '.join(sorted(found)) or 'none'}"
+        )
     return [path for prefix in sorted(set(wanted)) for path in found[prefix]]
 
 
@@ -79,19 +85,21 @@ def results_for(root: Path) -> Path:
     return Path(root) / "results" if config.is_checkout(root) else config.results_dir()
 
 
-def run_one(path: Path, results: Path, mode: str, retrain: bool = False, tag: str = "",
-            log: Log = _quiet) -> RunResult:
+def run_one(path: Path, results: Path, mode: str, retrain: bool = False, tag: str = "", log: Log = _quiet) -> RunResult:
     """Run one notebook in a mode, keeping its executed copy under <results>/executed/."""
     env = {**mode_env(mode, retrain), "COURSE_RESULTS": str(results)}
     log(f"running {path.name} ({mode}) ...")
     result = run_notebook(path, env=env, executed_path=results / "executed" / f"{path.stem}{tag}.ipynb")
-    log(f"{path.name} ({mode}): {status(result.ok, result.error)} in {result.wall_s:.1f} s, "
-        f"peak {result.peak_rss_mb:.0f} MB")
+    log(
+        f"{path.name} ({mode}): {status(result.ok, result.error)} in {result.wall_s:.1f} s, "
+        f"peak {result.peak_rss_mb:.0f} MB"
+    )
     return result
 
 
-def run_notebooks(root: Path, only: Sequence[str] | None = None, fast: bool = False,
-                  log: Log = _quiet) -> list[RunResult]:
+def run_notebooks(
+    root: Path, only: Sequence[str] | None = None, fast: bool = False, log: Log = _quiet
+) -> list[RunResult]:
     """Execute the chosen notebooks in order, in fast or full mode."""
     mode = "fast" if fast_requested(fast) else "full"
     results = results_for(root)
@@ -110,13 +118,22 @@ def figures_text(figures: dict) -> str:
 
 def results_table(results: list[RunResult]) -> str:
     """Markdown table of `run` results."""
-    rows = [{"notebook": r.name, "status": status(r.ok, r.error), "wall_s": r.wall_s,
-             "peak_rss_mb": r.peak_rss_mb, "figures": figures_text(r.figures)} for r in results]
+    rows = [
+        {
+            "notebook": r.name,
+            "status": status(r.ok, r.error),
+            "wall_s": r.wall_s,
+            "peak_rss_mb": r.peak_rss_mb,
+            "figures": figures_text(r.figures),
+        }
+        for r in results
+    ]
     return report.format_table(rows, RUN_COLUMNS)
 
 
-def run_benchmark(root: Path, only: Sequence[str] | None = None, modes: Sequence[str] = MODES,
-                  log: Log = _quiet) -> list[dict]:
+def run_benchmark(
+    root: Path, only: Sequence[str] | None = None, modes: Sequence[str] = MODES, log: Log = _quiet
+) -> list[dict]:
     """Run each notebook in each mode with COURSE_RETRAIN=1; one row per run."""
     for mode in modes:
         mode_env(mode)
@@ -125,9 +142,19 @@ def run_benchmark(root: Path, only: Sequence[str] | None = None, modes: Sequence
     for path in find_notebooks(root, only):
         for mode in modes:
             r = run_one(path, results, mode, retrain=True, tag=f".{mode}", log=log)
-            rows.append({"notebook": r.name, "mode": mode, "ok": r.ok, "wall_s": r.wall_s,
-                         "peak_rss_mb": r.peak_rss_mb, "error": r.error, "figures": r.figures,
-                         "date": datetime.now(UTC).date().isoformat(), "machine": machine_label()})
+            rows.append(
+                {
+                    "notebook": r.name,
+                    "mode": mode,
+                    "ok": r.ok,
+                    "wall_s": r.wall_s,
+                    "peak_rss_mb": r.peak_rss_mb,
+                    "error": r.error,
+                    "figures": r.figures,
+                    "date": datetime.now(UTC).date().isoformat(),
+                    "machine": machine_label(),
+                }
+            )
     return rows
 
 
@@ -148,15 +175,20 @@ def benchmark_header() -> dict:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "not installed"
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "torch": torch_version,
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
 
 
 def benchmark_table(rows: list[dict]) -> str:
     """Markdown table of benchmark rows."""
-    shown = [{**row, "status": status(row["ok"], row["error"]), "figures": figures_text(row["figures"])}
-             for row in rows]
+    shown = [
+        {**row, "status": status(row["ok"], row["error"]), "figures": figures_text(row["figures"])} for row in rows
+    ]
     return report.format_table(shown, BENCH_COLUMNS)
 
 
@@ -174,8 +206,7 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return sorted(kept + new, key=lambda row: (row["notebook"], order.get(row["mode"], len(order))))
 
 
-def write_benchmark(rows: list[dict], directory: Path | None = None,
-                    header: dict | None = None) -> tuple[Path, Path]:
+def write_benchmark(rows: list[dict], directory: Path | None = None, header: dict | None = None) -> tuple[Path, Path]:
     """Atomically write benchmark.json and benchmark.md (merged with earlier rows); their paths."""
     directory = directory or report.results_dir()
     header = header or benchmark_header()

@@ -3,6 +3,7 @@
 It imports the harness only when called, so a missing notebook tool (nbclient, nbformat, psutil, ipykernel: the
 `lab` and `test` extras) is reported in one line with the install command instead of a traceback.
 """
+
 from __future__ import annotations
 
 import sys

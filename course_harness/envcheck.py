@@ -5,6 +5,7 @@ upgrade or downgrade one of Colab's own packages. `bound-pins` prints constraint
 at its lower bound's release, and `bounds PYTHON` fails when the environment built with them (`uv pip install
 --resolution lowest-direct -c ...`) holds a dependency above its declared bound: the bound was not what was tested.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 # Colab's GPU image (2026-08, Python 3.13): what it ships of the packages the course uses; never reinstalled there
-COLAB_PINS = {"torch": "2.11.0", "transformers": "5.15.0", "datasets": "4.0.0", "ipykernel": "6.17.1",
-              "ipywidgets": "7.7.1"}
+COLAB_PINS = {
+    "torch": "2.11.0",
+    "transformers": "5.15.0",
+    "datasets": "4.0.0",
+    "ipykernel": "6.17.1",
+    "ipywidgets": "7.7.1",
+}
 COLAB_OWN = tuple(COLAB_PINS)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +66,7 @@ def above_bounds(bounds: Mapping[str, Version], installed: Mapping[str, str]) ->
         have = versions.get(name)
         if have is None:
             problems.append(f"{name}: not installed (bound >={bound})")
-        elif Version(have).release[:len(bound.release)] != bound.release:
+        elif Version(have).release[: len(bound.release)] != bound.release:
             problems.append(f"{name}: {have} installed, declared bound >={bound}")
     return problems
 
@@ -73,8 +79,10 @@ def bound_pins(bounds: Mapping[str, Version]) -> list[str]:
 
 def installed_versions(python: str) -> dict[str, str]:
     """Every distribution installed for `python`, name -> version."""
-    code = ("import importlib.metadata as m, json\n"
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    code = (
+        "import importlib.metadata as m, json\n"
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
     return json.loads(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout)
 
 

@@ -1,4 +1,5 @@
 """Notebook harness: exercises from solutions, output stripping, and headless timed execution."""
+
 from __future__ import annotations
 
 import copy
@@ -103,14 +104,18 @@ def strip_solution(source: str, index: int) -> str:
         begin = BEGIN_RE.match(line)
         if begin:
             if inside:
-                raise ValueError(f"cell {index}: '### BEGIN SOLUTION' inside an open solution region; "
-                                 "add the missing '### END SOLUTION' before it")
+                raise ValueError(
+                    f"cell {index}: '### BEGIN SOLUTION' inside an open solution region; "
+                    "add the missing '### END SOLUTION' before it"
+                )
             inside = True
             out.append(stub_line(begin["indent"], label))
         elif END_RE.match(line):
             if not inside:
-                raise ValueError(f"cell {index}: '### END SOLUTION' without a '### BEGIN SOLUTION'; "
-                                 "add the BEGIN marker or remove this line")
+                raise ValueError(
+                    f"cell {index}: '### END SOLUTION' without a '### BEGIN SOLUTION'; "
+                    "add the BEGIN marker or remove this line"
+                )
             inside = False
         elif not inside:
             out.append(line)
@@ -149,8 +154,14 @@ def has_solution_region(cell: NotebookNode) -> bool:
 
 def _nbgrader(grade_id: str, solution: bool = False, grade: bool = False, locked: bool = False) -> dict:
     """One cell's nbgrader metadata (schema 3); grade cells carry their points."""
-    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3, "solution": solution,
-            "task": False}
+    meta = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": locked,
+        "schema_version": 3,
+        "solution": solution,
+        "task": False,
+    }
     return {**meta, "points": CHECK_POINTS} if grade else meta
 
 
@@ -170,8 +181,10 @@ def add_grading(nb: NotebookNode) -> NotebookNode:
             continue
         if has_solution_region(cell):
             if CHECK_RE.search(cell.source):
-                raise ValueError(f"cell {index}: a self-check shares its cell with a solution; move the "
-                                 "`checks.check_...(...)` call into the next cell so that nbgrader can grade it")
+                raise ValueError(
+                    f"cell {index}: a self-check shares its cell with a solution; move the "
+                    "`checks.check_...(...)` call into the next cell so that nbgrader can grade it"
+                )
             label = _slug(exercise_label(cell.source) or cell.id)
             metadata["nbgrader"] = _nbgrader(f"exercise-{label}", solution=True)
         elif cell.cell_type == "code" and CHECK_RE.search(cell.source):
@@ -307,8 +320,11 @@ def notebook_problems(path: Path) -> list[str]:
             graded = clean_notebook(nb).cells
         except ValueError as err:  # a solution notebook nbgrader could not grade
             return [*problems, str(err)]
-        stale = [index for index, cell in enumerate(nb.cells)
-                 if cell.metadata.get("nbgrader") != graded[index].metadata.get("nbgrader")]
+        stale = [
+            index
+            for index, cell in enumerate(nb.cells)
+            if cell.metadata.get("nbgrader") != graded[index].metadata.get("nbgrader")
+        ]
         problems += [f"cells {stale}: nbgrader metadata missing or out of date"] if stale else []
     if not problems and Path(path).read_text(encoding="utf-8") != render(clean_notebook(nb)):
         problems.append("file layout is not canonical (nbformat 4.5, JSON indent 1, ids on every cell)")
@@ -437,8 +453,7 @@ def kernel_config(socket_dir: Path) -> Config:
     return Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
 
 
-def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
-             sampler: RssSampler) -> str:
+def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int, sampler: RssSampler) -> str:
     """Execute `nb` in place in a fresh python3 kernel; '' on success, else a one-line error."""
     state: dict = {"cell": None}
 
@@ -451,10 +466,16 @@ def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
         state["cell"] = cell_index
 
     with tempfile.TemporaryDirectory(prefix="course-kernel-") as sockets:
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, config=kernel_config(Path(sockets)),
-                                resources={"metadata": {"path": str(cwd)}},
-                                on_notebook_start=on_start, on_cell_execute=on_cell,
-                                on_cell_executed=lambda **_: sampler.sample())
+        client = NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=timeout,
+            config=kernel_config(Path(sockets)),
+            resources={"metadata": {"path": str(cwd)}},
+            on_notebook_start=on_start,
+            on_cell_execute=on_cell,
+            on_cell_executed=lambda **_: sampler.sample(),
+        )
         try:
             client.execute(env=env)
         except Exception as err:  # a harness reports any failure of the notebook instead of crashing
@@ -462,8 +483,13 @@ def _execute(nb: NotebookNode, env: dict[str, str], cwd: Path, timeout: int,
     return ""
 
 
-def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 1800,
-                 cwd: Path | None = None, executed_path: Path | None = None) -> RunResult:
+def run_notebook(
+    path: Path,
+    env: dict[str, str] | None = None,
+    timeout: int = 1800,
+    cwd: Path | None = None,
+    executed_path: Path | None = None,
+) -> RunResult:
     """Execute a notebook headless (timeout is per cell), timing it and tracking the kernel's peak memory."""
     path = Path(path).resolve()
     nb = read_notebook(path)
@@ -477,5 +503,4 @@ def run_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 1
     peak_mb = sampler.stop()
     if executed_path is not None:
         store.write_text(Path(executed_path), render(nb))
-    return RunResult(path.stem, not error, round(wall_s, 2), round(peak_mb, 1), error,
-                     report.load(path.stem, results))
+    return RunResult(path.stem, not error, round(wall_s, 2), round(peak_mb, 1), error, report.load(path.stem, results))

@@ -7,6 +7,7 @@ each epoch, keeps the best checkpoint and saves its resume state. Both run on `c
 work (validation each epoch, the best checkpoint kept) and bare (no evaluation, no checkpoints), the most favourable
 setting for it. `python -m course_harness speed` prints the table; `bench` records it.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -54,8 +55,11 @@ def time_course_loop(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Pa
 def _encode(frame, tokenizer, max_length: int) -> Dataset:
     """A tokenized datasets.Dataset with labels and token lengths, as Trainer expects."""
     encoded = Dataset.from_pandas(frame[["text", "label"]].rename(columns={"label": "labels"}), preserve_index=False)
-    encoded = encoded.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length),
-                          batched=True, remove_columns=["text"])
+    encoded = encoded.map(
+        lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["text"],
+    )
     return encoded.map(lambda rows: {"length": [len(ids) for ids in rows["input_ids"]]}, batched=True)
 
 
@@ -69,19 +73,41 @@ def time_trainer(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Path, 
     tokenizer = modeling.load_tokenizer()
     model = _fresh_model(len(splits.label_names), cfg.seed)
     train = data.subsample(splits.train, cfg.train_size, seed=cfg.seed)
-    extra = dict(eval_strategy="epoch", save_strategy="best", metric_for_best_model="accuracy",
-                 per_device_eval_batch_size=64) if same_work else dict(eval_strategy="no", save_strategy="no")
+    extra = (
+        dict(
+            eval_strategy="epoch", save_strategy="best", metric_for_best_model="accuracy", per_device_eval_batch_size=64
+        )
+        if same_work
+        else dict(eval_strategy="no", save_strategy="no")
+    )
     args = TrainingArguments(
-        output_dir=str(workdir / f"trainer-{same_work}"), per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, max_grad_norm=1.0, lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length", seed=cfg.seed, logging_strategy="no", report_to="none",
-        disable_tqdm=True, use_cpu=config.device().type == "cpu", dataloader_num_workers=0,
-        bf16=config.precision() == "bf16", fp16=config.precision() == "fp16", **extra)
-    trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, cfg.max_length),
-                      eval_dataset=_encode(splits.validation, tokenizer, cfg.max_length) if same_work else None,
-                      compute_metrics=_accuracy if same_work else None,
-                      data_collator=DataCollatorWithPadding(tokenizer))
+        output_dir=str(workdir / f"trainer-{same_work}"),
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        train_sampling_strategy="group_by_length",
+        seed=cfg.seed,
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=config.device().type == "cpu",
+        dataloader_num_workers=0,
+        bf16=config.precision() == "bf16",
+        fp16=config.precision() == "fp16",
+        **extra,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_encode(train, tokenizer, cfg.max_length),
+        eval_dataset=_encode(splits.validation, tokenizer, cfg.max_length) if same_work else None,
+        compute_metrics=_accuracy if same_work else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -99,8 +125,11 @@ def compare(train_size: int | None = None, epochs: int = 1) -> pd.DataFrame:
     splits = data.course_splits()
     cfg = replace(modeling.default_config(fast=False), epochs=epochs, train_size=train_size)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [time_course_loop(splits, cfg, Path(tmp)), time_trainer(splits, cfg, Path(tmp), same_work=True),
-                time_trainer(splits, cfg, Path(tmp), same_work=False)]
+        rows = [
+            time_course_loop(splits, cfg, Path(tmp)),
+            time_trainer(splits, cfg, Path(tmp), same_work=True),
+            time_trainer(splits, cfg, Path(tmp), same_work=False),
+        ]
     table = pd.DataFrame([r.__dict__ for r in rows]).set_index("name")
     table["time / course loop's"] = table["seconds"] / table.loc[COURSE, "seconds"]
     return table.round({"seconds": 1, "test_accuracy": 3, "time / course loop's": 2})
@@ -110,9 +139,12 @@ def speed_figures(table: pd.DataFrame) -> dict[str, float]:
     """The figures the benchmark records: seconds, the course loop's time over each Trainer's, test accuracies."""
     course = table.loc[COURSE]
     same, bare = table.loc["Trainer, same work (validation, best checkpoint)"], table.loc["Trainer, bare"]
-    return {"course_loop_s": float(course["seconds"]), "trainer_same_work_s": float(same["seconds"]),
-            "trainer_bare_s": float(bare["seconds"]),
-            "ratio_vs_same_work": float(np.round(course["seconds"] / same["seconds"], 2)),
-            "ratio_vs_bare": float(np.round(course["seconds"] / bare["seconds"], 2)),
-            "course_test_accuracy": float(course["test_accuracy"]),
-            "trainer_test_accuracy": float(same["test_accuracy"])}
+    return {
+        "course_loop_s": float(course["seconds"]),
+        "trainer_same_work_s": float(same["seconds"]),
+        "trainer_bare_s": float(bare["seconds"]),
+        "ratio_vs_same_work": float(np.round(course["seconds"] / same["seconds"], 2)),
+        "ratio_vs_bare": float(np.round(course["seconds"] / bare["seconds"], 2)),
+        "course_test_accuracy": float(course["test_accuracy"]),
+        "trainer_test_accuracy": float(same["test_accuracy"]),
+    }

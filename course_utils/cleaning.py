@@ -7,6 +7,7 @@ individual raters' scores (-4..+4) behind each sentence's mean rating; `sign_agr
 `krippendorff_alpha_interval` measure how far the raters agree, and `label_disagreement` lists sentences
 whose course label (data.LABEL_RULE) is not what most of their raters said.
 """
+
 from __future__ import annotations
 
 import html
@@ -103,8 +104,9 @@ def _resolve_steps(steps: Sequence[str] | Mapping[str, Callable[[str], str]] | N
     return {name: STEPS[name] for name in steps}
 
 
-def clean_frame(frame: pd.DataFrame, steps: Sequence[str] | Mapping[str, Callable[[str], str]] | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def clean_frame(
+    frame: pd.DataFrame, steps: Sequence[str] | Mapping[str, Callable[[str], str]] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Clean the text column step by step, drop empty/garbage rows; report rows changed per step (chapter 01)."""
     _require_columns(frame, ["text"], "clean_frame")
     texts = frame["text"].fillna("").astype(str)
@@ -133,14 +135,18 @@ def clean_frame(frame: pd.DataFrame, steps: Sequence[str] | Mapping[str, Callabl
 #          digits, $ or a decimal point, and 8-15 digits in all: years, 3-2, 10:30 and $19.99 stay.
 PII_PATTERNS: dict[str, re.Pattern] = {
     "URL": re.compile(r"(?<![\w@.-])(?:https?://|www\.)[^\s<>\"]*[^\s<>\"'.,;:!?)\]}]", re.IGNORECASE),
-    "EMAIL": re.compile(r"(?<![\w.+%-])(?!RT@)[\w%+-](?:[\w.+%-]*[\w%+-])?"
-                        r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?:\.[A-Za-z]{2,})?\b"),
+    "EMAIL": re.compile(
+        r"(?<![\w.+%-])(?!RT@)[\w%+-](?:[\w.+%-]*[\w%+-])?"
+        r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?:\.[A-Za-z]{2,})?\b"
+    ),
     "USER": re.compile(r"(?:(?<![\w@])|(?<=\bRT))@[A-Za-z0-9_]+"),
-    "PHONE": re.compile(r"(?<![\w$.+-])(?:"
-                        r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
-                        r"|(?:1[ .-]?)?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"
-                        r"|(?:1[ .-])?\d{3}([ .-])\d{3}\1\d{4}"
-                        r")(?!\w|[-.:/]\d)"),
+    "PHONE": re.compile(
+        r"(?<![\w$.+-])(?:"
+        r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
+        r"|(?:1[ .-]?)?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"
+        r"|(?:1[ .-])?\d{3}([ .-])\d{3}\1\d{4}"
+        r")(?!\w|[-.:/]\d)"
+    ),
 }
 PLACEHOLDERS = {kind: f"[{kind}]" for kind in PII_PATTERNS}
 PHONE_DIGITS = (8, 15)
@@ -181,13 +187,19 @@ def redact_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require_columns(frame, ["text"], "redact_frame")
     results = [redact_pii(text) for text in frame["text"]]
     counts = pd.DataFrame([found for _, found in results], columns=list(PII_PATTERNS), dtype=int)
-    table = pd.DataFrame({"kind": list(PII_PATTERNS), "placeholder": list(PLACEHOLDERS.values()),
-                          "replacements": [int(counts[k].sum()) for k in PII_PATTERNS],
-                          "rows affected": [int((counts[k] > 0).sum()) for k in PII_PATTERNS]})
+    table = pd.DataFrame(
+        {
+            "kind": list(PII_PATTERNS),
+            "placeholder": list(PLACEHOLDERS.values()),
+            "replacements": [int(counts[k].sum()) for k in PII_PATTERNS],
+            "rows affected": [int((counts[k] > 0).sum()) for k in PII_PATTERNS],
+        }
+    )
     return frame.assign(text=[text for text, _ in results]), table
 
 
 # ---------------------------------------------------------------------------------------------- raters
+
 
 def _parse_scores(field: str, where: str) -> list[int]:
     """Parse a '[3, 2, -1]' field into integers on the -4..+4 scale, naming the line on failure."""
@@ -197,11 +209,11 @@ def _parse_scores(field: str, where: str) -> list[int]:
     try:
         scores = [int(part) for part in inner[1:-1].split(",")]
     except ValueError:
-        raise ValueError(f"{where}: scores {field!r} hold something that is not an integer; "
-                         "use comma-separated whole numbers") from None
+        raise ValueError(
+            f"{where}: scores {field!r} hold something that is not an integer; use comma-separated whole numbers"
+        ) from None
     if min(scores) < SCALE[0] or max(scores) > SCALE[1]:
-        raise ValueError(f"{where}: a score in {field!r} is outside the {SCALE[0]}..{SCALE[1]} scale; "
-                         "fix the line")
+        raise ValueError(f"{where}: a score in {field!r} is outside the {SCALE[0]}..{SCALE[1]} scale; fix the line")
     return scores
 
 
@@ -209,16 +221,19 @@ def _parse_ratings_line(line: str, where: str) -> tuple[str, float, float, list[
     """One line of a ratings file: id, mean, std and the raters' scores (checked against the mean)."""
     parts = line.split("\t")
     if len(parts) != 4:
-        raise ValueError(f"{where}: expected 4 tab-separated fields (id, mean, std, [scores]), got {len(parts)}; "
-                         "fix the line")
+        raise ValueError(
+            f"{where}: expected 4 tab-separated fields (id, mean, std, [scores]), got {len(parts)}; fix the line"
+        )
     try:
         mean, std = float(parts[1]), float(parts[2])
     except ValueError:
         raise ValueError(f"{where}: mean {parts[1]!r} or std {parts[2]!r} is not a number; fix the line") from None
     scores = _parse_scores(parts[3], where)
     if abs(mean - sum(scores) / len(scores)) > 1e-3:
-        raise ValueError(f"{where}: mean {mean} differs from the mean of its {len(scores)} scores "
-                         f"({sum(scores) / len(scores):.4f}); the line is corrupted")
+        raise ValueError(
+            f"{where}: mean {mean} differs from the mean of its {len(scores)} scores "
+            f"({sum(scores) / len(scores):.4f}); the line is corrupted"
+        )
     return parts[0].strip(), mean, std, scores
 
 
@@ -226,8 +241,9 @@ def read_ratings(path: Path) -> pd.DataFrame:
     """Parse a *_anonDataRatings.txt file (id, mean, std, [scores]) with line-numbered errors (chapter 01)."""
     path = Path(path)
     lines = path.read_bytes().decode("utf-8-sig").splitlines()
-    rows = [_parse_ratings_line(line, f"{path} line {number}")
-            for number, line in enumerate(lines, start=1) if line.strip()]
+    rows = [
+        _parse_ratings_line(line, f"{path} line {number}") for number, line in enumerate(lines, start=1) if line.strip()
+    ]
     if not rows:
         raise ValueError(f"{path}: no ratings in the file; check that it is an *_anonDataRatings.txt file")
     frame = pd.DataFrame(rows, columns=["id", "mean", "std", "scores"])
@@ -245,6 +261,7 @@ def load_ratings(domain: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- agreement
+
 
 def _flatten_scores(scores_lists: Iterable[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, int]:
     """Unit index and value of every finite score (NaN means missing), and the number of units."""
@@ -289,17 +306,19 @@ def krippendorff_alpha_interval(scores_lists: Iterable[Sequence[float]]) -> floa
     if values.size == 0:
         raise ValueError("no unit has 2 or more ratings; alpha compares raters within units, so rate units twice")
     if np.ptp(values) == 0:
-        raise ValueError(f"every pairable rating is {values[0]:g}, so alpha is undefined (no expected "
-                         "disagreement); use data whose ratings vary")
+        raise ValueError(
+            f"every pairable rating is {values[0]:g}, so alpha is undefined (no expected "
+            "disagreement); use data whose ratings vary"
+        )
     values = values - values.mean()  # alpha does not change under a shift; this keeps the sums small
     m = np.bincount(units, minlength=n_units).astype(float)
     s1 = np.bincount(units, weights=values, minlength=n_units)
-    s2 = np.bincount(units, weights=values ** 2, minlength=n_units)
+    s2 = np.bincount(units, weights=values**2, minlength=n_units)
     used = m >= 2
     n = values.size
     # Sum of (v_i - v_j)^2 over ordered pairs i != j of m values = 2 (m * sum v^2 - (sum v)^2).
     observed = (2 * (m[used] * s2[used] - s1[used] ** 2) / (m[used] - 1)).sum() / n
-    expected = 2 * (n * (values ** 2).sum() - values.sum() ** 2) / (n * (n - 1))
+    expected = 2 * (n * (values**2).sum() - values.sum() ** 2) / (n * (n - 1))
     return float(1 - observed / expected)
 
 
@@ -316,13 +335,17 @@ def label_disagreement(frame_with_labels: pd.DataFrame, ratings: pd.DataFrame) -
     _require_columns(ratings, ["id", "scores"], "label_disagreement (ratings)")
     labels = frame_with_labels["label"]
     if not labels.isin([0, 1]).all():
-        raise ValueError(f"labels must be 0 or 1, got {sorted(set(labels[~labels.isin([0, 1])]), key=str)[:3]}; "
-                         "load the frame with keep_neutral=False")
+        raise ValueError(
+            f"labels must be 0 or 1, got {sorted(set(labels[~labels.isin([0, 1])]), key=str)[:3]}; "
+            "load the frame with keep_neutral=False"
+        )
     scores = frame_with_labels["id"].map(ratings.set_index("id")["scores"])
     if scores.isna().any():
         missing = frame_with_labels["id"][scores.isna()]
-        raise ValueError(f"{len(missing)} sentences have no ratings (first id {missing.iloc[0]!r}); "
-                         "pass the ratings of the same domain")
+        raise ValueError(
+            f"{len(missing)} sentences have no ratings (first id {missing.iloc[0]!r}); "
+            "pass the ratings of the same domain"
+        )
     counts = sign_counts(scores)
     side = np.where(labels.to_numpy() == 1, 2, 0)  # column of the label's sign in counts
     rows = np.arange(len(counts))
@@ -331,7 +354,9 @@ def label_disagreement(frame_with_labels: pd.DataFrame, ratings: pd.DataFrame) -
     disagree = counts[rows, side] <= others.max(axis=1)
     shares = counts / counts.sum(axis=1, keepdims=True)
     keep = [c for c in ("id", "text", "rating", "label") if c in frame_with_labels.columns]
-    out = frame_with_labels[keep].assign(n_raters=counts.sum(axis=1),
-                                         **{f"share_{name}": shares[:, i] for i, name in enumerate(SIGN_NAMES)},
-                                         majority=majority_names(counts))
+    out = frame_with_labels[keep].assign(
+        n_raters=counts.sum(axis=1),
+        **{f"share_{name}": shares[:, i] for i, name in enumerate(SIGN_NAMES)},
+        majority=majority_names(counts),
+    )
     return out[disagree].reset_index(drop=True)

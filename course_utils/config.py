@@ -1,4 +1,5 @@
 """Course settings: fast/full mode, offline/online mode, cache folder, seeding (introduced in chapter 00)."""
+
 from __future__ import annotations
 
 import functools
@@ -114,8 +115,12 @@ def thread_count() -> int:
         return cores
     value = raw.strip()
     if not value.isdigit() or int(value) < 1:
-        raise bad_setting("COURSE_THREADS", raw, f"a whole number from 1 to {cores} (the cores here)",
-                          "set e.g. COURSE_THREADS=2, or unset it to use every core")
+        raise bad_setting(
+            "COURSE_THREADS",
+            raw,
+            f"a whole number from 1 to {cores} (the cores here)",
+            "set e.g. COURSE_THREADS=2, or unset it to use every core",
+        )
     return min(cores, int(value))
 
 
@@ -144,8 +149,10 @@ def repo_root() -> Path:
     """The course checkout: the folder that holds course_utils/ (an error when the package is installed)."""
     root = checkout()
     if root is None:
-        raise ValueError(f"course_utils is installed in {Path(__file__).resolve().parent.parent}, not run from a "
-                         "checkout; clone the repository for this, or pass --root to the course command")
+        raise ValueError(
+            f"course_utils is installed in {Path(__file__).resolve().parent.parent}, not run from a "
+            "checkout; clone the repository for this, or pass --root to the course command"
+        )
     return root
 
 
@@ -193,8 +200,9 @@ def device() -> torch.device:
     if wanted == "auto":
         wanted = next(name for name in ("cuda", "mps", "cpu") if available[name])
     elif not available[wanted]:
-        raise ValueError(f"COURSE_DEVICE={wanted} but torch sees no {wanted} device here; unset COURSE_DEVICE or "
-                         "set it to cpu")
+        raise ValueError(
+            f"COURSE_DEVICE={wanted} but torch sees no {wanted} device here; unset COURSE_DEVICE or set it to cpu"
+        )
     return torch.device(wanted)
 
 

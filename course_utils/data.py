@@ -5,6 +5,7 @@ Label rule (one for all four domains): a sentence is positive (1) when the mean 
 and counted. The data card (data/README.md) reports how often this agrees with the original
 Pang & Lee polarity and with the Rotten Tomatoes fresh/rotten label.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,12 @@ from sklearn.model_selection import train_test_split
 
 from . import assets, config, store
 
-DOMAINS = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets",
-           "tweets": "tweets", "nyt": "nytEditorialSnippets"}
+DOMAINS = {
+    "movie": "movieReviewSnippets",
+    "amazon": "amazonReviewSnippets",
+    "tweets": "tweets",
+    "nyt": "nytEditorialSnippets",
+}
 LABEL_NAMES = ["negative", "positive"]
 LABEL_RULE = "label = 1 if the mean human rating > 0, 0 if < 0; rating == 0 is dropped"
 SPLIT_RESOURCE = "splits/movie.json"  # package data inside course_utils, so an installed course finds it
@@ -101,17 +106,18 @@ def normalise(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
-def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
-                         threshold: float = NEAR_DUPLICATE_COSINE) -> list[tuple[int, int, float]]:
+def near_duplicate_pairs(
+    texts_a: list[str], texts_b: list[str] | None = None, threshold: float = NEAR_DUPLICATE_COSINE
+) -> list[tuple[int, int, float]]:
     """Pairs (i, j, cosine) of texts with character 3-5-gram TF-IDF cosine >= threshold."""
     same = texts_b is None
     texts_b = texts_a if same else texts_b
     vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalise)
     matrix = vectoriser.fit_transform(list(texts_a) + list(texts_b))
-    a, b = matrix[: len(texts_a)], matrix[len(texts_a):]
+    a, b = matrix[: len(texts_a)], matrix[len(texts_a) :]
     pairs = []
     for start in range(0, a.shape[0], 1000):
-        sims = (a[start:start + 1000] @ b.T).toarray()  # (chunk, len(texts_b))
+        sims = (a[start : start + 1000] @ b.T).toarray()  # (chunk, len(texts_b))
         for i, j in zip(*np.nonzero(sims >= threshold), strict=True):
             i = int(i) + start
             if not same or i < j:
@@ -137,7 +143,7 @@ def leakage_report(splits: Splits, threshold: float = NEAR_DUPLICATE_COSINE) -> 
     names = ["train", "validation", "test"]
     rows = []
     for a_i, a in enumerate(names):
-        for b in names[a_i + 1:]:
+        for b in names[a_i + 1 :]:
             fa, fb = getattr(splits, a), getattr(splits, b)
             keys_b = set(fb["text"].map(normalise))
             exact = int(fa["text"].map(normalise).isin(keys_b).sum())
@@ -146,8 +152,9 @@ def leakage_report(splits: Splits, threshold: float = NEAR_DUPLICATE_COSINE) -> 
     return pd.DataFrame(rows)
 
 
-def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
-                     fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> dict[str, list[str]]:
+def stratified_split(
+    frame: pd.DataFrame, seed: int = SPLIT_SEED, fractions: tuple[float, float, float] = SPLIT_FRACTIONS
+) -> dict[str, list[str]]:
     """Ids per split: duplicates collapsed to one sentence, then an 80/10/10 split stratified by label."""
     if abs(sum(fractions) - 1) > 1e-9 or min(fractions) <= 0:
         raise ValueError(f"split fractions must be positive and sum to 1, got {fractions}")
@@ -155,11 +162,14 @@ def stratified_split(frame: pd.DataFrame, seed: int = SPLIT_SEED,
     keep = frame[~pd.Series(groups).duplicated().values]
     rest_size = fractions[1] + fractions[2]
     train, rest = train_test_split(keep, test_size=rest_size, stratify=keep["label"], random_state=seed)
-    val, test = train_test_split(rest, test_size=fractions[2] / rest_size, stratify=rest["label"],
-                                 random_state=seed)
+    val, test = train_test_split(rest, test_size=fractions[2] / rest_size, stratify=rest["label"], random_state=seed)
     dropped = sorted(set(frame["id"]) - set(keep["id"]))
-    return {"train": list(train["id"]), "validation": list(val["id"]), "test": list(test["id"]),
-            "duplicates_dropped": dropped}
+    return {
+        "train": list(train["id"]),
+        "validation": list(val["id"]),
+        "test": list(test["id"]),
+        "duplicates_dropped": dropped,
+    }
 
 
 def split_spec() -> dict:
@@ -190,8 +200,9 @@ def _decode_utf8(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8; "
-                         "re-save the file with UTF-8 encoding") from None
+        raise ValueError(
+            f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file with UTF-8 encoding"
+        ) from None
 
 
 def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
@@ -205,8 +216,9 @@ def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
             try:
                 records.append((number, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg}); "
-                                 "write one JSON object per line") from None
+                raise ValueError(
+                    f"{path} line {number}: not valid JSON ({err.msg}); write one JSON object per line"
+                ) from None
     return records
 
 
@@ -226,8 +238,9 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
             if not isinstance(record, dict) or column not in record:
                 found = sorted(record) if isinstance(record, dict) else type(record).__name__
                 line = 1 if path.suffix.lower() == ".csv" else number  # a CSV's columns are named on its header
-                raise ValueError(f"{path} line {line}: no column {column!r} (found {found}); "
-                                 f"rename your column to {column!r}")
+                raise ValueError(
+                    f"{path} line {line}: no column {column!r} (found {found}); rename your column to {column!r}"
+                )
         text, label = (("" if record[c] is None else str(record[c])).strip() for c in (text_column, label_column))
         if not text or not label:
             what = "text" if not text else "label"
@@ -236,19 +249,22 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
     frame = pd.DataFrame(rows, columns=["id", "text", "label_name"])
     names = sorted(frame["label_name"].unique())
     if len(names) < 2:
-        raise ValueError(f"{path}: only one class ({names[0]!r}) in column {label_column!r}; "
-                         "a classifier needs rows of at least two classes")
+        raise ValueError(
+            f"{path}: only one class ({names[0]!r}) in column {label_column!r}; "
+            "a classifier needs rows of at least two classes"
+        )
     frame["label"] = frame["label_name"].map({name: i for i, name in enumerate(names)}).astype(int)
     return frame
 
 
-def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str,
-                      seed: int = SPLIT_SEED) -> Splits:
+def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str, seed: int = SPLIT_SEED) -> Splits:
     """Stratified 80/10/10 splits of any frame with id, text and label columns."""
     counts = frame["label"].value_counts()
     if counts.min() < 5:
-        raise ValueError(f"{source}: class {label_names[counts.idxmin()]!r} has {counts.min()} rows; "
-                         "each class needs at least 5 to be split into train/validation/test")
+        raise ValueError(
+            f"{source}: class {label_names[counts.idxmin()]!r} has {counts.min()} rows; "
+            "each class needs at least 5 to be split into train/validation/test"
+        )
     ids = stratified_split(frame, seed=seed)
     indexed = frame.set_index("id")
     parts = [indexed.loc[ids[name]].reset_index() for name in ("train", "validation", "test")]

@@ -4,6 +4,7 @@ controls, scaling, augmentation, group splits (chapter 01).
 The experiments train the TF-IDF + logistic-regression baseline of chapter 00 (seconds per fit) so each one can be
 repeated over seeds on a laptop; the fine-tuned transformer reacts in the same direction (exercise 1.5 checks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ def shingles(text: str, k: int = SHINGLE) -> set[str]:
     if k <= 0:
         raise ValueError(f"shingle size must be positive, got {k}")
     norm = data.normalise(text)
-    return {norm[i:i + k] for i in range(max(1, len(norm) - k + 1))}
+    return {norm[i : i + k] for i in range(max(1, len(norm) - k + 1))}
 
 
 def jaccard(a: str, b: str, k: int = SHINGLE) -> float:
@@ -50,8 +51,9 @@ def minhashes(texts: list[str], num_perm: int = NUM_PERM, seed: int = 1) -> list
     return [LeanMinHash(m) for m in MinHash.bulk(sets, num_perm=num_perm, seed=seed)]
 
 
-def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7,
-              num_perm: int = NUM_PERM) -> pd.DataFrame:
+def lsh_pairs(
+    texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7, num_perm: int = NUM_PERM
+) -> pd.DataFrame:
     """Candidate near-duplicate pairs from MinHash LSH (datasketch), with their exact Jaccard similarity.
 
     With one list, pairs within it (i < j); with two, pairs across them (i in a, j in b).
@@ -74,8 +76,9 @@ def lsh_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: f
     return pairs[pairs["jaccard"] >= threshold].sort_values(["i", "j"]).reset_index(drop=True)
 
 
-def exact_jaccard_pairs(texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7,
-                        k: int = SHINGLE, chunk: int = 1000) -> pd.DataFrame:
+def exact_jaccard_pairs(
+    texts_a: list[str], texts_b: list[str] | None = None, threshold: float = 0.7, k: int = SHINGLE, chunk: int = 1000
+) -> pd.DataFrame:
     """Every pair with exact shingle Jaccard >= threshold (sparse all-pairs scan), in lsh_pairs' format.
 
     The ground truth LSH approximates: quadratic in the number of texts, so for a few thousand of them.
@@ -86,11 +89,11 @@ def exact_jaccard_pairs(texts_a: list[str], texts_b: list[str] | None = None, th
     texts_b = texts_a if same else texts_b
     vectoriser = CountVectorizer(analyzer=lambda text: shingles(text, k), binary=True, dtype=np.int32)
     matrix = vectoriser.fit_transform(list(texts_a) + list(texts_b)).tocsr()
-    a, b = matrix[:len(texts_a)], matrix[len(texts_a):]
+    a, b = matrix[: len(texts_a)], matrix[len(texts_a) :]
     size_a, size_b = a.getnnz(axis=1), b.getnnz(axis=1)
     frames = []
     for start in range(0, a.shape[0], chunk):
-        inter = (a[start:start + chunk] @ b.T).tocoo()  # (chunk, len(texts_b)) shared shingles, sparse
+        inter = (a[start : start + chunk] @ b.T).tocoo()  # (chunk, len(texts_b)) shared shingles, sparse
         i, j = inter.row + start, inter.col
         sim = inter.data / (size_a[i] + size_b[j] - inter.data)
         keep = (sim >= threshold) & ((i < j) if same else True)
@@ -99,8 +102,7 @@ def exact_jaccard_pairs(texts_a: list[str], texts_b: list[str] | None = None, th
     return pairs.astype({"i": int, "j": int}).sort_values(["i", "j"]).reset_index(drop=True)
 
 
-def lsh_miss_probability(jaccard: np.ndarray | float, threshold: float = 0.7,
-                         num_perm: int = NUM_PERM) -> np.ndarray:
+def lsh_miss_probability(jaccard: np.ndarray | float, threshold: float = 0.7, num_perm: int = NUM_PERM) -> np.ndarray:
     """Chance that LSH never pairs two texts of this Jaccard: (1 - J^r)^b with datasketch's bands b and rows r."""
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # picks b, r for the threshold (and checks it)
     return (1 - np.asarray(jaccard, dtype=float) ** lsh.r) ** lsh.b
@@ -139,8 +141,13 @@ class LeakResult:
         return self.accuracy_with_leak - self.accuracy_without_leak
 
 
-def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0, threshold: float = 0.7,
-                    control_seeds: tuple[int, ...] = (0, 1, 2)) -> LeakResult:
+def leak_experiment(
+    frame: pd.DataFrame,
+    test_size: float = 0.2,
+    seed: int = 0,
+    threshold: float = 0.7,
+    control_seeds: tuple[int, ...] = (0, 1, 2),
+) -> LeakResult:
     """Random split, find train rows with a near twin in test (LSH), train with and without them (same seed).
 
     Removing the leaked rows also shrinks the training set, so the control removes as many random rows without a
@@ -155,8 +162,9 @@ def leak_experiment(frame: pd.DataFrame, test_size: float = 0.2, seed: int = 0, 
     twinned = sorted(set(pairs["j"]))
     on_twinned = float((with_leak.preds[twinned] == test["label"].to_numpy()[twinned]).mean()) if twinned else 0.0
     control = random_removal_control(train, test, leaked, control_seeds)
-    return LeakResult(len(leaked), len(twinned), with_leak.accuracy, without.accuracy, on_twinned,
-                      tuple(control["accuracy"]))
+    return LeakResult(
+        len(leaked), len(twinned), with_leak.accuracy, without.accuracy, on_twinned, tuple(control["accuracy"])
+    )
 
 
 # ---------------------------------------------------------------- label quality
@@ -188,21 +196,26 @@ def random_rows_like(frame: pd.DataFrame, drop_index: list, seed: int) -> pd.Ind
     drop = pd.Index(drop_index).unique()
     missing = drop.difference(frame.index)
     if len(missing):
-        raise ValueError(f"drop_index has {len(missing)} rows not in the frame (first: {missing[0]!r}); "
-                         "pass index labels of the frame itself")
+        raise ValueError(
+            f"drop_index has {len(missing)} rows not in the frame (first: {missing[0]!r}); "
+            "pass index labels of the frame itself"
+        )
     others = frame.drop(index=drop)
     picks = []
     for label, n in frame.loc[drop, "label"].value_counts().sort_index().items():
         pool = others[others["label"] == label]
         if n > len(pool):
-            raise ValueError(f"drop_index holds {n} rows of label {label} but only {len(pool)} others remain; "
-                             "a random control needs as many rows outside drop_index")
+            raise ValueError(
+                f"drop_index holds {n} rows of label {label} but only {len(pool)} others remain; "
+                "a random control needs as many rows outside drop_index"
+            )
         picks.extend(pool.sample(n=int(n), random_state=seed).index)
     return pd.Index(picks)
 
 
-def random_removal_control(train: pd.DataFrame, test: pd.DataFrame, drop_index: list,
-                           seeds: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+def random_removal_control(
+    train: pd.DataFrame, test: pd.DataFrame, drop_index: list, seeds: tuple[int, ...] = (0, 1, 2)
+) -> pd.DataFrame:
     """Test accuracy of the baseline with other, random rows removed instead of drop_index (same count per label).
 
     One row per seed; the control for removal_effect and the leak experiment (chapter 01).
@@ -224,8 +237,16 @@ def scaler_leak_table(train: pd.Series, test: pd.Series) -> pd.DataFrame:
         for fitted_on, fit_data in (("train only", train), ("train + test (leak)", pd.concat([train, test]))):
             scaler = make().fit(fit_data.to_numpy().reshape(-1, 1))
             scaled = scaler.transform(test.to_numpy().reshape(-1, 1)).ravel()
-            rows.append({"scaler": name, "fitted on": fitted_on, "test mean": scaled.mean(),
-                         "test std": scaled.std(), "test min": scaled.min(), "test max": scaled.max()})
+            rows.append(
+                {
+                    "scaler": name,
+                    "fitted on": fitted_on,
+                    "test mean": scaled.mean(),
+                    "test std": scaled.std(),
+                    "test min": scaled.min(),
+                    "test max": scaled.max(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -237,8 +258,11 @@ def rating_regression(train: pd.DataFrame, test: pd.DataFrame, alpha: float = 1.
     model.fit(train["text"], target)
     pred = scaler.inverse_transform(model.predict(test["text"]).reshape(-1, 1)).ravel()
     truth = test["rating"].to_numpy()
-    return {"rmse": float(np.sqrt(np.mean((pred - truth) ** 2))), "pearson_r": float(pearsonr(pred, truth)[0]),
-            "rmse_predict_mean": float(np.sqrt(np.mean((truth - train["rating"].mean()) ** 2)))}
+    return {
+        "rmse": float(np.sqrt(np.mean((pred - truth) ** 2))),
+        "pearson_r": float(pearsonr(pred, truth)[0]),
+        "rmse_predict_mean": float(np.sqrt(np.mean((truth - train["rating"].mean()) ** 2))),
+    }
 
 
 # ---------------------------------------------------------------- augmentation
@@ -277,7 +301,7 @@ def embedding_neighbours(words: list[str], tokenizer, model, k: int = 5) -> dict
     known = [w for w in words if tokenizer.convert_tokens_to_ids(w.lower()) != tokenizer.unk_token_id]
     out = {}
     for start in range(0, len(known), 512):
-        chunk = known[start:start + 512]
+        chunk = known[start : start + 512]
         ids = torch.tensor(tokenizer.convert_tokens_to_ids([w.lower() for w in chunk]))
         sims = emb[ids] @ emb.T  # (chunk, V)
         sims[:, ~whole] = -2
@@ -289,6 +313,7 @@ def embedding_neighbours(words: list[str], tokenizer, model, k: int = 5) -> dict
 
 def substitute(text: str, neighbours: dict[str, list[str]], rng: np.random.Generator, p: float = 0.15) -> str:
     """Replace each word that has neighbours with a random one of them, with probability p."""
+
     def swap(word: str) -> str:
         options = neighbours.get(word.lower())
         return options[int(rng.integers(len(options)))] if options and rng.random() < p else word
@@ -299,8 +324,10 @@ def substitute(text: str, neighbours: dict[str, list[str]], rng: np.random.Gener
 def backtranslate(texts: list[str], pivot: str = "de") -> list[str]:
     """Back-translation through a pivot language with MarianMT from the hub (online mode only)."""
     if config.mode() != "online":
-        raise ValueError("back-translation needs translation models from the Hugging Face hub; "
-                         "set COURSE_MODE=online (for example on Colab) or use eda/substitute offline")
+        raise ValueError(
+            "back-translation needs translation models from the Hugging Face hub; "
+            "set COURSE_MODE=online (for example on Colab) or use eda/substitute offline"
+        )
     from transformers import pipeline
 
     there = pipeline("translation", model=f"Helsinki-NLP/opus-mt-en-{pivot}")
@@ -309,16 +336,23 @@ def backtranslate(texts: list[str], pivot: str = "de") -> list[str]:
     return [r["translation_text"] for r in back(middle)]
 
 
-def augmentation_experiment(pool: pd.DataFrame, test: pd.DataFrame, augmenters: dict, n_labelled: int = 500,
-                            copies: int = 1, seeds: tuple[int, ...] = (0, 1, 2)) -> pd.DataFrame:
+def augmentation_experiment(
+    pool: pd.DataFrame,
+    test: pd.DataFrame,
+    augmenters: dict,
+    n_labelled: int = 500,
+    copies: int = 1,
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> pd.DataFrame:
     """Test accuracy per seed of the baseline trained on n labelled rows, plain or with augmented copies."""
     rows = []
     for seed in seeds:
         small = data.subsample(pool, n_labelled, seed=seed)
         rng = np.random.default_rng(seed)
         for name, augment in augmenters.items():
-            extra = [small.assign(text=[augment(t, rng) for t in small["text"]])
-                     for _ in range(copies if augment else 0)]
+            extra = [
+                small.assign(text=[augment(t, rng) for t in small["text"]]) for _ in range(copies if augment else 0)
+            ]
             train = pd.concat([small, *extra], ignore_index=True)
             rows.append({"method": name, "seed": seed, "accuracy": tfidf_baseline(train, test)[1].accuracy})
     return pd.DataFrame(rows)
@@ -332,8 +366,9 @@ def attach_movie_names(frame: pd.DataFrame) -> pd.DataFrame:
     return data.match_rotten_tomatoes(frame, ["movie_name"])
 
 
-def split_comparison(frame: pd.DataFrame, group: str, seeds: tuple[int, ...] = (0, 1, 2),
-                     test_size: float = 0.2) -> pd.DataFrame:
+def split_comparison(
+    frame: pd.DataFrame, group: str, seeds: tuple[int, ...] = (0, 1, 2), test_size: float = 0.2
+) -> pd.DataFrame:
     """Baseline accuracy on random versus group-held-out test sets (no group on both sides), per seed."""
     rows = []
     for seed in seeds:
@@ -352,8 +387,13 @@ def leave_one_domain_out(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for held_out, test in frames.items():
         train = pd.concat([f for name, f in frames.items() if name != held_out], ignore_index=True)
         rtrain, rtest = train_test_split(pool, test_size=len(test), random_state=0, stratify=pool["label"])
-        rows.append({"held-out domain": held_out, "by domain": tfidf_baseline(train, test)[1].accuracy,
-                     "random split": tfidf_baseline(rtrain, rtest[rtest["domain"] == held_out])[1].accuracy})
+        rows.append(
+            {
+                "held-out domain": held_out,
+                "by domain": tfidf_baseline(train, test)[1].accuracy,
+                "random split": tfidf_baseline(rtrain, rtest[rtest["domain"] == held_out])[1].accuracy,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -365,7 +405,14 @@ def domain_profile(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, frame in frames.items():
         words = frame["text"].str.split().str.len()
-        rows.append({"domain": name, "sentences": len(frame), "positive share": round(frame["label"].mean(), 3),
-                     "median words": float(words.median()), "p95 words": float(words.quantile(0.95)),
-                     "max words": int(words.max())})
+        rows.append(
+            {
+                "domain": name,
+                "sentences": len(frame),
+                "positive share": round(frame["label"].mean(), 3),
+                "median words": float(words.median()),
+                "p95 words": float(words.quantile(0.95)),
+                "max words": int(words.max()),
+            }
+        )
     return pd.DataFrame(rows)

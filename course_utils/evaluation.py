@@ -1,4 +1,5 @@
 """Evaluation: predictions from logits, accuracy/F1/confusion via scikit-learn, error analysis, ranking (chapter 00)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ def predictions_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """
     logits = torch.as_tensor(logits)
     if logits.dim() != 2:
-        raise ValueError(f"expected logits of shape (batch, num_labels), got {tuple(logits.shape)}; "
-                         "for token-level logits (batch, seq, labels) pool or pick a position first")
+        raise ValueError(
+            f"expected logits of shape (batch, num_labels), got {tuple(logits.shape)}; "
+            "for token-level logits (batch, seq, labels) pool or pick a position first"
+        )
     return logits.argmax(dim=-1)  # (batch,)
 
 
@@ -49,7 +52,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> EvalResult:
         accuracy=float(accuracy_score(labels, preds)),
         f1=float(f1_score(labels, preds, average="macro", labels=classes, zero_division=0)),
         confusion=confusion_matrix(labels, preds, labels=classes),
-        probs=probs, preds=preds, labels=labels,
+        probs=probs,
+        preds=preds,
+        labels=labels,
     )
 
 
@@ -72,8 +77,9 @@ def accuracy_by_bins(frame: pd.DataFrame, preds: np.ndarray, column: str, bins: 
     return table.rename(columns={"mean": "accuracy", "size": "n"}).reset_index()
 
 
-def rank_items(scores: pd.DataFrame, item: str = "movie_name", score: str = "p_positive",
-               min_count: int = 5, k: int = 10) -> pd.DataFrame:
+def rank_items(
+    scores: pd.DataFrame, item: str = "movie_name", score: str = "p_positive", min_count: int = 5, k: int = 10
+) -> pd.DataFrame:
     """Rank items by the mean predicted positive probability of their reviews (ties broken by name).
 
     Items with fewer than `min_count` reviews are left out: a mean of two reviews is noise.

@@ -5,14 +5,15 @@ A run folder holds `best/` (the best epoch by validation accuracy, `save_pretrai
 `history.json` and, once training finished, `done.json`. Every folder and file is written beside its
 target and renamed into place, so an interruption never leaves a half-written checkpoint.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from .evaluation import EvalResult, classification_metrics, predictions_from_log
 
 CURVE_EVERY = 10  # steps per point of the training-loss curve
 LOOP_VERSION = 3  # part of the checkpoint key: bump it when the loop's arithmetic changes (2: token-length groups,
-                  # fused AdamW; 3: devices and mixed precision)
+# fused AdamW; 3: devices and mixed precision)
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,15 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 123
     train_size: int | None = None
-    save_every: int = 100       # optimizer steps between resume saves (about a minute of training on 2 CPU cores)
+    save_every: int = 100  # optimizer steps between resume saves (about a minute of training on 2 CPU cores)
 
     def __post_init__(self) -> None:
-        checks = {"max_length": self.max_length, "batch_size": self.batch_size, "epochs": self.epochs,
-                  "save_every": self.save_every}
+        checks = {
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "save_every": self.save_every,
+        }
         for name, value in checks.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
@@ -80,8 +85,10 @@ def resolve_model(source: str | Path | None = None) -> str:
         return str(OFFLINE_MODELS[str(source)]())
     if Path(source).is_dir() or config.mode() == "online":
         return str(source)
-    raise ValueError(f"model {str(source)!r} is not available offline; use one of {sorted(OFFLINE_MODELS)} or a "
-                     "local folder, or set COURSE_MODE=online to load hub ids")
+    raise ValueError(
+        f"model {str(source)!r} is not available offline; use one of {sorted(OFFLINE_MODELS)} or a "
+        "local folder, or set COURSE_MODE=online to load hub ids"
+    )
 
 
 def load_tokenizer(source: str | Path | None = None):
@@ -111,7 +118,8 @@ def load_model(num_labels: int = 2, source: str | Path | None = None, **kwargs):
     config.apply_mode()
     with quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(source), num_labels=num_labels, **kwargs)
+            resolve_model(source), num_labels=num_labels, **kwargs
+        )
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -129,16 +137,23 @@ def inference_batch(where: torch.device) -> int:
     return 64 if where.type == "cpu" else 512
 
 
-def batches(frame: pd.DataFrame, tokenizer, batch_size: int, max_length: int,
-            order: np.ndarray | None = None, device: torch.device | str = "cpu") -> Iterator[dict]:
+def batches(
+    frame: pd.DataFrame,
+    tokenizer,
+    batch_size: int,
+    max_length: int,
+    order: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> Iterator[dict]:
     """Tokenised batches padded to their longest sentence, on `device`: input_ids (B, T), attention_mask,
     labels (B,)."""
     order = np.arange(len(frame)) if order is None else order
     texts, labels = frame["text"].tolist(), frame["label"].to_numpy()
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         enc["labels"] = torch.as_tensor(labels[idx], dtype=torch.long)
         yield {name: tensor.to(device) for name, tensor in enc.items()}
 
@@ -158,12 +173,13 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> 
     flat = np.concatenate(chunks)
     full = len(flat) // batch_size
     shuffled = flat[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
-    return np.concatenate([shuffled.ravel(), flat[full * batch_size:]])  # a short last batch stays last
+    return np.concatenate([shuffled.ravel(), flat[full * batch_size :]])  # a short last batch stays last
 
 
 @torch.no_grad()
-def predict_proba(model, tokenizer, texts: list[str], batch_size: int | None = None,
-                  max_length: int = 64) -> np.ndarray:
+def predict_proba(
+    model, tokenizer, texts: list[str], batch_size: int | None = None, max_length: int = 64
+) -> np.ndarray:
     """Class probabilities (N, C) for raw strings, in fp32 on the model's device; batches sorted by length."""
     if isinstance(texts, str):
         raise ValueError("predict_proba takes a list of strings, got one string; wrap it: [text]")
@@ -174,9 +190,10 @@ def predict_proba(model, tokenizer, texts: list[str], batch_size: int | None = N
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         logits = model(**enc.to(where)).logits  # (B, C)
         out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     model.train(was_training)
@@ -205,13 +222,13 @@ def evaluate(model, tokenizer, frame: pd.DataFrame, max_length: int = 64, batch_
 class Progress:
     """Where a fine-tuning run stands: saved with the resume state, so an interrupted run picks up here."""
 
-    step: int = 0                                           # optimizer steps done
-    history: list[dict] = field(default_factory=list)       # one row per finished epoch
+    step: int = 0  # optimizer steps done
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
     curve: list[list[float]] = field(default_factory=list)  # [step, mean loss of the last CURVE_EVERY steps]
-    best_accuracy: float = -1.0                             # best validation accuracy so far (best/ holds it)
-    elapsed: float = 0.0                                    # training seconds before this session
-    loss_sum: float = 0.0                                   # summed loss of the current epoch
-    recent: list[float] = field(default_factory=list)       # losses since the last curve point
+    best_accuracy: float = -1.0  # best validation accuracy so far (best/ holds it)
+    elapsed: float = 0.0  # training seconds before this session
+    loss_sum: float = 0.0  # summed loss of the current epoch
+    recent: list[float] = field(default_factory=list)  # losses since the last curve point
 
 
 def train_lengths(tokenizer, frame: pd.DataFrame, max_length: int) -> np.ndarray:
@@ -236,8 +253,9 @@ def _save_state(run_dir: Path, model, optimizer, progress: Progress) -> None:
     """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
 
     def write(folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  folder / "model.safetensors")
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors"
+        )
         opt = optimizer.state_dict()
         tensors = {f"{i}.{k}": v.detach().cpu() for i, s in opt["state"].items() for k, v in s.items()}
         tensors["rng"] = torch.get_rng_state()
@@ -274,9 +292,17 @@ def _make_scheduler(optimizer, cfg: TrainConfig, total_steps: int, done_steps: i
     return get_linear_schedule_with_warmup(optimizer, warmup, total_steps, last_epoch=done_steps - 1)
 
 
-def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, cfg: TrainConfig,
-          run_dir: Path, progress: bool = True, stop_after: int | None = None,
-          precision: str | None = None) -> list[dict]:
+def train(
+    model,
+    tokenizer,
+    train_frame: pd.DataFrame,
+    val_frame: pd.DataFrame,
+    cfg: TrainConfig,
+    run_dir: Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+    precision: str | None = None,
+) -> list[dict]:
     """Fine-tune with a progress bar, validate each epoch, keep the best checkpoint, resume if interrupted.
 
     The model trains where its weights are (`finetune` puts them on `config.device()`), with the forward pass
@@ -303,7 +329,7 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
     bar = tqdm(total=total_steps, initial=done.step, disable=not progress, desc="fine-tuning", unit="step")
     while done.step < total_steps:
         epoch, in_epoch = divmod(done.step, steps_per_epoch)
-        order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size:]
+        order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size :]
         for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order, where):
             with config.autocast(where, arithmetic):
                 loss = model(**batch).loss
@@ -335,19 +361,33 @@ def train(model, tokenizer, train_frame: pd.DataFrame, val_frame: pd.DataFrame, 
             if end_of_epoch:
                 break
     bar.close()
-    store.write_json(run_dir / "done.json", {"config": asdict(cfg), "history": done.history, "curve": done.curve,
-                                            "device": where.type, "precision": arithmetic})
+    store.write_json(
+        run_dir / "done.json",
+        {
+            "config": asdict(cfg),
+            "history": done.history,
+            "curve": done.curve,
+            "device": where.type,
+            "precision": arithmetic,
+        },
+    )
     return done.history
 
 
-def _end_epoch(model, tokenizer, val_frame, cfg, run_dir: Path, done: Progress, epoch: int,
-               steps_per_epoch: int, start_time: float) -> None:
+def _end_epoch(
+    model, tokenizer, val_frame, cfg, run_dir: Path, done: Progress, epoch: int, steps_per_epoch: int, start_time: float
+) -> None:
     """Validate, log the epoch in the history, and keep the best weights."""
     result = evaluate(model, tokenizer, val_frame, cfg.max_length)
     model.train()
-    row = {"epoch": epoch + 1, "step": done.step, "train_loss": done.loss_sum / steps_per_epoch,
-           "val_accuracy": result.accuracy, "val_f1": result.f1,
-           "seconds": round(time.perf_counter() - start_time, 1)}
+    row = {
+        "epoch": epoch + 1,
+        "step": done.step,
+        "train_loss": done.loss_sum / steps_per_epoch,
+        "val_accuracy": result.accuracy,
+        "val_f1": result.f1,
+        "seconds": round(time.perf_counter() - start_time, 1),
+    }
     done.loss_sum = 0.0
     done.history.append(row)
     store.write_json(run_dir / "history.json", done.history)
@@ -373,7 +413,7 @@ class FineTuned:
     run_dir: Path
     trained_now: bool
     config: TrainConfig
-    precision: str = "fp32"   # the arithmetic it was trained in
+    precision: str = "fp32"  # the arithmetic it was trained in
 
 
 def pretrained_identity() -> str:
@@ -387,18 +427,32 @@ def encoder_identity(encoder: torch.nn.Module | None = None) -> str:
     return pretrained_identity() if encoder is None else store.key(encoder)
 
 
-def checkpoint_key(cfg: TrainConfig, splits: Splits, where: torch.device | None = None,
-                   precision: str | None = None) -> str:
+def checkpoint_key(
+    cfg: TrainConfig, splits: Splits, where: torch.device | None = None, precision: str | None = None
+) -> str:
     """Cache key: the training configuration, the data and its label names, the pretrained weights, and the
     device class and arithmetic (a GPU's random numbers and bf16 rounding give a slightly different model)."""
     where = where or config.device()
     arithmetic = precision or config.precision(where)
-    return store.key("checkpoint", LOOP_VERSION, cfg, splits.fingerprint(), splits.label_names, pretrained_identity(),
-                     where.type, arithmetic)
+    return store.key(
+        "checkpoint",
+        LOOP_VERSION,
+        cfg,
+        splits.fingerprint(),
+        splits.label_names,
+        pretrained_identity(),
+        where.type,
+        arithmetic,
+    )
 
 
-def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = True,
-             retrain: bool | None = None, precision: str | None = None) -> FineTuned:
+def finetune(
+    splits: Splits,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    retrain: bool | None = None,
+    precision: str | None = None,
+) -> FineTuned:
     """Fine-tune on the splits, or load the cached checkpoint with the same configuration, data, device class and
     arithmetic (`precision`: None for `config.precision()`, or 'fp32', 'bf16', 'fp16')."""
     cfg = cfg or TrainConfig()
@@ -421,8 +475,16 @@ def finetune(splits: Splits, cfg: TrainConfig | None = None, progress: bool = Tr
     done = json.loads((run_dir / "done.json").read_text())
     model = load_model(num_labels=len(splits.label_names), source=run_dir / "best").to(where)
     model.eval()
-    return FineTuned(model, load_tokenizer(run_dir / "best"), done["history"], done.get("curve", []), run_dir,
-                     trained_now, cfg, done.get("precision", "fp32"))
+    return FineTuned(
+        model,
+        load_tokenizer(run_dir / "best"),
+        done["history"],
+        done.get("curve", []),
+        run_dir,
+        trained_now,
+        cfg,
+        done.get("precision", "fp32"),
+    )
 
 
 def default_config(fast: bool | None = None) -> TrainConfig:

@@ -1,4 +1,5 @@
 """Plots the notebooks share: training curves, confusion matrices, bar charts (chapter 00)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -20,11 +21,16 @@ def training_curve(history: list[dict], curve: list[list[float]] | None = None, 
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("train loss", color="tab:blue")
     twin = ax.twinx()
-    twin.plot([row["step"] for row in history], [row["val_accuracy"] for row in history], "s--",
-              color="tab:orange")
+    twin.plot([row["step"] for row in history], [row["val_accuracy"] for row in history], "s--", color="tab:orange")
     for row in history:
-        twin.annotate(f"epoch {row['epoch']}: {row['val_accuracy']:.3f}", (row["step"], row["val_accuracy"]),
-                      textcoords="offset points", xytext=(-60, -14), fontsize=8, color="tab:orange")
+        twin.annotate(
+            f"epoch {row['epoch']}: {row['val_accuracy']:.3f}",
+            (row["step"], row["val_accuracy"]),
+            textcoords="offset points",
+            xytext=(-60, -14),
+            fontsize=8,
+            color="tab:orange",
+        )
     twin.set_ylabel("validation accuracy", color="tab:orange")
     ax.set_title("Fine-tuning")
     return ax

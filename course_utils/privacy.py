@@ -13,6 +13,7 @@ half the squared gradient norm" is not DP. This module builds the real thing ste
 - DP-SGD: per-sample gradients with torch.func, clipping, Gaussian noise, one optimizer step; checked against
   Opacus's GradSampleModule + DPOptimizer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,6 +39,7 @@ CLIP_EPS = 1e-6  # added to the per-sample norm before dividing, as Opacus does
 
 # ---------------------------------------------------------------------------------------------- validation
 
+
 def check_epsilon(epsilon: float, allow_inf: bool = False) -> float:
     """Return epsilon if it is > 0 (math.inf only where a function documents it as 'no privacy') (chapter 02)."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)):
@@ -58,24 +60,33 @@ def check_delta(delta: float) -> float:
 
 def check_clip_norm(clip_norm: float) -> float:
     """Return the clipping norm C if it is a finite number > 0 (chapter 02)."""
-    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.floating)) \
-            or not 0 < clip_norm < math.inf:
+    if (
+        isinstance(clip_norm, bool)
+        or not isinstance(clip_norm, (int, float, np.floating))
+        or not 0 < clip_norm < math.inf
+    ):
         raise ValueError(f"clip_norm must be > 0 and finite, got {clip_norm!r}; try 1.0")
     return float(clip_norm)
 
 
 def check_sample_rate(sample_rate: float) -> float:
     """Return the Poisson sampling rate q if it is in (0, 1] (chapter 02)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.floating)) \
-            or not 0 < sample_rate <= 1:
+    if (
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, (int, float, np.floating))
+        or not 0 < sample_rate <= 1
+    ):
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}; use batch_size / N")
     return float(sample_rate)
 
 
 def check_noise_multiplier(noise_multiplier: float) -> float:
     """Return the noise multiplier sigma if it is a finite number >= 0 (0 means no privacy) (chapter 02)."""
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float, np.floating)) \
-            or not 0 <= noise_multiplier < math.inf:
+    if (
+        isinstance(noise_multiplier, bool)
+        or not isinstance(noise_multiplier, (int, float, np.floating))
+        or not 0 <= noise_multiplier < math.inf
+    ):
         raise ValueError(f"noise_multiplier must be >= 0 and finite, got {noise_multiplier!r}; try 1.0")
     return float(noise_multiplier)
 
@@ -83,8 +94,9 @@ def check_noise_multiplier(noise_multiplier: float) -> float:
 def _check_sensitivity(sensitivity: float) -> float:
     """Return the sensitivity if it is a finite number > 0."""
     if not isinstance(sensitivity, (int, float, np.floating)) or not 0 < sensitivity < math.inf:
-        raise ValueError(f"sensitivity must be > 0 and finite, got {sensitivity!r}; bound how much one record "
-                         "can change the value")
+        raise ValueError(
+            f"sensitivity must be > 0 and finite, got {sensitivity!r}; bound how much one record can change the value"
+        )
     return float(sensitivity)
 
 
@@ -134,6 +146,7 @@ def _check_count(k: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- mechanisms
+
 
 def laplace_mechanism(value, sensitivity: float, epsilon: float, rng: np.random.Generator):
     """value + Laplace(sensitivity/epsilon) noise, epsilon-DP; epsilon=math.inf adds none (no privacy) (chapter 02)."""
@@ -187,8 +200,9 @@ def gaussian_mechanism(value, sensitivity: float, epsilon: float, delta: float, 
     return noisy if value.ndim else float(noisy)
 
 
-def private_histogram(values, bins, epsilon: float, rng: np.random.Generator, mechanism: str = "laplace",
-                      delta: float | None = None) -> np.ndarray:
+def private_histogram(
+    values, bins, epsilon: float, rng: np.random.Generator, mechanism: str = "laplace", delta: float | None = None
+) -> np.ndarray:
     """Noisy counts per bin; each record falls in at most one bin, so L1 and L2 sensitivity are 1 (chapter 02).
 
     Neighbouring data sets differ by adding or removing one record (values outside `bins` are not counted).
@@ -224,11 +238,12 @@ def empirical_privacy_loss(samples_a, samples_b, bins, min_count: int = 1000) ->
 
 # ---------------------------------------------------------------------------------------------- RDP accountant
 
+
 def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
     """log A_alpha for integer alpha: a binomial expansion of E[(mixture/base)^alpha] (Mironov et al. 2019, 3.3)."""
     i = np.arange(alpha + 1)  # (alpha+1,)
     log_binom = special.gammaln(alpha + 1) - special.gammaln(i + 1) - special.gammaln(alpha - i + 1)
-    terms = log_binom + i * math.log(q) + (alpha - i) * math.log1p(-q) + (i * i - i) / (2 * sigma ** 2)
+    terms = log_binom + i * math.log(q) + (alpha - i) * math.log1p(-q) + (i * i - i) / (2 * sigma**2)
     return float(special.logsumexp(terms))
 
 
@@ -238,7 +253,7 @@ def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
     Terms of the generalised binomial series have alternating signs, so they are summed as signed values in log
     space (scipy's logsumexp with b=sign) until both halves are below e^-30.
     """
-    z0 = sigma ** 2 * math.log(1 / q - 1) + 0.5
+    z0 = sigma**2 * math.log(1 / q - 1) + 0.5
     terms0, terms1, signs = [], [], []
     i = 0
     while True:
@@ -246,8 +261,8 @@ def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
         log_coef = math.log(abs(coef))
         log_e0 = special.log_ndtr(-(i - z0) / sigma)  # log P[N(0, sigma^2) > i - z0], i.e. 0.5 erfc(...)
         log_e1 = special.log_ndtr(-(z0 - j) / sigma)
-        s0 = log_coef + i * math.log(q) + j * math.log1p(-q) + (i * i - i) / (2 * sigma ** 2) + log_e0
-        s1 = log_coef + j * math.log(q) + i * math.log1p(-q) + (j * j - j) / (2 * sigma ** 2) + log_e1
+        s0 = log_coef + i * math.log(q) + j * math.log1p(-q) + (i * i - i) / (2 * sigma**2) + log_e0
+        s1 = log_coef + j * math.log(q) + i * math.log1p(-q) + (j * j - j) / (2 * sigma**2) + log_e1
         terms0.append(s0)
         terms1.append(s1)
         signs.append(1.0 if coef > 0 else -1.0)
@@ -264,7 +279,7 @@ def _rdp_one_order(q: float, sigma: float, alpha: float) -> float:
     if sigma == 0:
         return math.inf  # no noise: no privacy
     if q == 1.0:
-        return alpha / (2 * sigma ** 2)  # the plain Gaussian mechanism (Mironov 2017, Table 2)
+        return alpha / (2 * sigma**2)  # the plain Gaussian mechanism (Mironov 2017, Table 2)
     # mu0 = N(0, sigma^2) (record absent), mu = (1 - q) mu0 + q N(1, sigma^2) (record sampled with probability q);
     # A_alpha = E_{z ~ mu0}[(mu(z) / mu0(z))^alpha] and the RDP of order alpha is log(A_alpha) / (alpha - 1).
     log_a = _log_a_integer(q, sigma, int(alpha)) if float(alpha).is_integer() else _log_a_fractional(q, sigma, alpha)
@@ -289,8 +304,9 @@ def rdp_to_epsilon(rdp: Sequence[float], orders: Sequence[float], delta: float) 
     delta = check_delta(delta)
     rdp, orders = np.atleast_1d(np.asarray(rdp, dtype=float)), np.atleast_1d(np.asarray(orders, dtype=float))
     if rdp.shape != orders.shape:
-        raise ValueError(f"rdp and orders must have the same length, got {rdp.size} and {orders.size}; "
-                         "compute rdp at these orders")
+        raise ValueError(
+            f"rdp and orders must have the same length, got {rdp.size} and {orders.size}; compute rdp at these orders"
+        )
     eps = rdp - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)  # (A,)
     if not np.isfinite(eps).any():
         return math.inf, math.nan
@@ -298,8 +314,7 @@ def rdp_to_epsilon(rdp: Sequence[float], orders: Sequence[float], delta: float) 
     return float(eps[best]), float(orders[best])
 
 
-def epsilon_after(q: float, sigma: float, steps: int, delta: float,
-                  orders: Sequence[float] = DEFAULT_ORDERS) -> float:
+def epsilon_after(q: float, sigma: float, steps: int, delta: float, orders: Sequence[float] = DEFAULT_ORDERS) -> float:
     """Epsilon spent by `steps` DP-SGD steps (Poisson rate q, noise multiplier sigma), RDP accountant (chapter 02)."""
     rdp = rdp_subsampled_gaussian(q, sigma, orders) * _check_steps(steps)  # RDP composes by adding
     return rdp_to_epsilon(rdp, orders, delta)[0]
@@ -318,8 +333,11 @@ def epsilon_prv(q: float, sigma: float, steps: int, delta: float, eps_error: flo
 def noise_for_epsilon(target_eps: float, q: float, steps: int, delta: float) -> float:
     """The noise multiplier reaching target_eps after `steps` steps (Opacus's search, RDP accountant) (chapter 02)."""
     target_eps, q, delta = check_epsilon(target_eps), check_sample_rate(q), check_delta(delta)
-    return float(get_noise_multiplier(target_epsilon=target_eps, target_delta=delta, sample_rate=q,
-                                      steps=_check_steps(steps), accountant="rdp"))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_eps, target_delta=delta, sample_rate=q, steps=_check_steps(steps), accountant="rdp"
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- DP-SGD
@@ -331,8 +349,9 @@ def _as_tuple(inputs) -> tuple[torch.Tensor, ...]:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
-                     batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def per_sample_grads(
+    model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs, batch_labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Gradient of each example's own loss: {name: (B, *param.shape)} via torch.func vmap(grad) (chapter 02)."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
@@ -341,13 +360,18 @@ def per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: In
         out = functional_call(model, (p, buffers), tuple(t.unsqueeze(0) for t in x))  # a batch of one
         return loss_fn(out, y.unsqueeze(0))
 
-    return vmap(grad(one_loss), in_dims=(None, 0, 0), randomness="different")(params, _as_tuple(batch_inputs),
-                                                                              batch_labels)
+    return vmap(grad(one_loss), in_dims=(None, 0, 0), randomness="different")(
+        params, _as_tuple(batch_inputs), batch_labels
+    )
 
 
-def clip_and_noise(per_sample: dict[str, torch.Tensor], clip_norm: float, noise_multiplier: float,
-                   generator: torch.Generator | None = None,
-                   expected_batch_size: int | None = None) -> dict[str, torch.Tensor]:
+def clip_and_noise(
+    per_sample: dict[str, torch.Tensor],
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+    expected_batch_size: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Clip each example's whole gradient to L2 norm C, sum, add N(0, (sigma C)^2), divide by B (chapter 02).
 
     The convention is Opacus's DPOptimizer with loss_reduction="mean": factor min(1, C / (norm + 1e-6)) with the
@@ -365,19 +389,34 @@ def clip_and_noise(per_sample: dict[str, torch.Tensor], clip_norm: float, noise_
     out = {}
     for name, g in per_sample.items():
         summed = torch.einsum("i,i...->...", factor.to(g.dtype), g)  # (*param.shape)
-        noise = torch.normal(0.0, noise_multiplier * clip_norm, size=summed.shape, generator=generator,
-                             dtype=summed.dtype) if noise_multiplier > 0 else torch.zeros_like(summed)
+        noise = (
+            torch.normal(0.0, noise_multiplier * clip_norm, size=summed.shape, generator=generator, dtype=summed.dtype)
+            if noise_multiplier > 0
+            else torch.zeros_like(summed)
+        )
         out[name] = (summed + noise) / divisor
     return out
 
 
-def dp_sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-                batch_inputs: Inputs, batch_labels: torch.Tensor, clip_norm: float,
-                noise_multiplier: float, generator: torch.Generator | None = None,
-                expected_batch_size: int | None = None) -> float:
+def dp_sgd_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batch_inputs: Inputs,
+    batch_labels: torch.Tensor,
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+    expected_batch_size: int | None = None,
+) -> float:
     """One DP-SGD step: per-sample grads, clip, noise, average into p.grad, step; returns the new loss (chapter 02)."""
-    noisy = clip_and_noise(per_sample_grads(model, loss_fn, batch_inputs, batch_labels), clip_norm,
-                           noise_multiplier, generator, expected_batch_size)
+    noisy = clip_and_noise(
+        per_sample_grads(model, loss_fn, batch_inputs, batch_labels),
+        clip_norm,
+        noise_multiplier,
+        generator,
+        expected_batch_size,
+    )
     optimizer.zero_grad(set_to_none=True)
     for name, p in model.named_parameters():
         if name in noisy:
@@ -387,34 +426,45 @@ def dp_sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
         return float(loss_fn(model(*_as_tuple(batch_inputs)), batch_labels))  # loss after the step
 
 
-def naive_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
-                           batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def naive_per_sample_grads(
+    model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs, batch_labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-sample gradients the slow way: one backward pass per example (chapter 02)."""
     names = [k for k, v in model.named_parameters() if v.requires_grad]
     inputs = _as_tuple(batch_inputs)
     rows = []
     for i, y in enumerate(batch_labels):
-        loss = loss_fn(model(*(t[i:i + 1] for t in inputs)), y.unsqueeze(0))
+        loss = loss_fn(model(*(t[i : i + 1] for t in inputs)), y.unsqueeze(0))
         rows.append(torch.autograd.grad(loss, [p for _, p in model.named_parameters() if p.requires_grad]))
     return {name: torch.stack([row[i] for row in rows]) for i, name in enumerate(names)}  # (B, *shape)
 
 
-def opacus_per_sample_grads(model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs,
-                            batch_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def opacus_per_sample_grads(
+    model: torch.nn.Module, loss_fn: Callable, batch_inputs: Inputs, batch_labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-sample gradients from Opacus's GradSampleModule hooks, on a copy of the model (chapter 02)."""
     wrapped = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
     with warnings.catch_warnings():  # torch notes the hook fires on module outputs when inputs are token ids
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss_fn(wrapped(*_as_tuple(batch_inputs)), batch_labels).backward()  # loss_fn must average over the batch
-    out = {name.removeprefix("_module."): p.grad_sample.detach()
-           for name, p in wrapped.named_parameters() if p.requires_grad}
+    out = {
+        name.removeprefix("_module."): p.grad_sample.detach()
+        for name, p in wrapped.named_parameters()
+        if p.requires_grad
+    }
     wrapped.remove_hooks()
     return out
 
 
-def opacus_clipped_grads(model: torch.nn.Module, inputs: Inputs, labels: torch.Tensor, clip_norm: float,
-                         noise_multiplier: float = 0.0, generator: torch.Generator | None = None,
-                         loss_fn: Callable | None = None) -> dict[str, torch.Tensor]:
+def opacus_clipped_grads(
+    model: torch.nn.Module,
+    inputs: Inputs,
+    labels: torch.Tensor,
+    clip_norm: float,
+    noise_multiplier: float = 0.0,
+    generator: torch.Generator | None = None,
+    loss_fn: Callable | None = None,
+) -> dict[str, torch.Tensor]:
     """Opacus's clipped (and noised) average gradient for one batch: GradSampleModule + DPOptimizer.pre_step.
 
     The library counterpart of `clip_and_noise(per_sample_grads(...))`, on a copy of the model (chapter 02).
@@ -422,27 +472,42 @@ def opacus_clipped_grads(model: torch.nn.Module, inputs: Inputs, labels: torch.T
     clip_norm, noise_multiplier = check_clip_norm(clip_norm), check_noise_multiplier(noise_multiplier)
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     wrapped = GradSampleModule(copy.deepcopy(model))
-    optimizer = DPOptimizer(torch.optim.SGD(wrapped.parameters(), lr=0.0), noise_multiplier=noise_multiplier,
-                            max_grad_norm=clip_norm, expected_batch_size=len(labels), generator=generator)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(wrapped.parameters(), lr=0.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip_norm,
+        expected_batch_size=len(labels),
+        generator=generator,
+    )
     optimizer.zero_grad()
     with warnings.catch_warnings():  # torch notes its backward hook fires on module outputs (integer inputs)
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         loss_fn(wrapped(*_as_tuple(inputs)), labels).backward()
     optimizer.pre_step()
-    out = {name.removeprefix("_module."): p.grad.detach().clone()
-           for name, p in wrapped.named_parameters() if p.requires_grad}
+    out = {
+        name.removeprefix("_module."): p.grad.detach().clone()
+        for name, p in wrapped.named_parameters()
+        if p.requires_grad
+    }
     wrapped.remove_hooks()
     return out
 
 
-def time_per_sample_grads(model: torch.nn.Module, batch: tuple, repeats: int = 3,
-                          loss_fn: Callable | None = None,
-                          methods: Sequence[str] = ("naive_loop_s", "torch_func_s", "opacus_s")) -> dict[str, float]:
+def time_per_sample_grads(
+    model: torch.nn.Module,
+    batch: tuple,
+    repeats: int = 3,
+    loss_fn: Callable | None = None,
+    methods: Sequence[str] = ("naive_loop_s", "torch_func_s", "opacus_s"),
+) -> dict[str, float]:
     """Best-of-`repeats` seconds for per-sample grads: naive loop, torch.func, Opacus GradSampleModule (chapter 02)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}; try 3")
-    known = {"naive_loop_s": naive_per_sample_grads, "torch_func_s": per_sample_grads,
-             "opacus_s": opacus_per_sample_grads}
+    known = {
+        "naive_loop_s": naive_per_sample_grads,
+        "torch_func_s": per_sample_grads,
+        "opacus_s": opacus_per_sample_grads,
+    }
     if not methods or set(methods) - set(known):
         raise ValueError(f"methods must be a non-empty subset of {sorted(known)}, got {list(methods)}")
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
@@ -474,8 +539,10 @@ def unsupported_layer_check(model: torch.nn.Module) -> None:
     found = unsupported_layers(model)
     if found:
         name, reason = found[0]
-        raise ValueError(f"Opacus cannot handle layer {name!r}, got {reason}; replace it, e.g. "
-                         "model = ModuleValidator.fix(model) turns BatchNorm into GroupNorm")
+        raise ValueError(
+            f"Opacus cannot handle layer {name!r}, got {reason}; replace it, e.g. "
+            "model = ModuleValidator.fix(model) turns BatchNorm into GroupNorm"
+        )
 
 
 def grad_sample_mismatches(model: torch.nn.Module, tokenizer, texts: list[str]) -> dict[str, tuple[int, ...]]:
@@ -493,9 +560,11 @@ def grad_sample_mismatches(model: torch.nn.Module, tokenizer, texts: list[str]) 
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             logits = wrapped(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             logits.sum().backward()
-        found = {name.removeprefix("_module."): tuple(p.grad_sample.shape) for name, p in wrapped.named_parameters()
-                 if p.requires_grad and getattr(p, "grad_sample", None) is not None
-                 and p.grad_sample.shape[0] != len(texts)}
+        found = {
+            name.removeprefix("_module."): tuple(p.grad_sample.shape)
+            for name, p in wrapped.named_parameters()
+            if p.requires_grad and getattr(p, "grad_sample", None) is not None and p.grad_sample.shape[0] != len(texts)
+        }
     finally:
         wrapped.remove_hooks()
         for p in model.parameters():

@@ -5,6 +5,7 @@ multiplier, steps and the loss curve). The key hashes the features' key, the who
 identity (a compressed or adversarially trained encoder never reads the pretrained one's run) and the device class
 (the noise is drawn on the training device, so a GPU run differs from a CPU run).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,17 @@ def run_key(train: Features, cfg: DPConfig, encoder=None) -> str:
     (`DPConfig.delta=None` means `privacy.default_delta(N)`: changing that default must not reuse old runs), the
     encoder, the device class."""
     if not train.key:
-        raise ValueError("these features have no cache key; build them with frozen.cached_features (or call "
-                         "private_training.train_private directly)")
+        raise ValueError(
+            "these features have no cache key; build them with frozen.cached_features (or call "
+            "private_training.train_private directly)"
+        )
     delta = cfg.delta if cfg.delta is not None else privacy.default_delta(len(train))  # the delta the run uses
     return store.key("private-run", train.key, cfg, delta, encoder_identity(encoder), config.device().type)
 
 
-def train_cached(train: Features, cfg: DPConfig, progress: bool = True, retrain: bool | None = None,
-                 encoder=None) -> PrivateRun:
+def train_cached(
+    train: Features, cfg: DPConfig, progress: bool = True, retrain: bool | None = None, encoder=None
+) -> PrivateRun:
     """`train_private`, or the saved run with the same features and config (COURSE_CACHE/private, safetensors)."""
     folder = store.path("private", run_key(train, cfg, encoder))
     retrain = config.retrain_requested() if retrain is None else retrain
@@ -41,11 +45,18 @@ def train_cached(train: Features, cfg: DPConfig, progress: bool = True, retrain:
         run = train_private(train, cfg, progress=progress, encoder=encoder)
 
         def write(tmp: Path) -> None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
-                      tmp / "model.safetensors")
-            meta = {"epsilon": run.epsilon if math.isfinite(run.epsilon) else None, "delta": run.delta,
-                    "noise_multiplier": run.noise_multiplier, "steps": run.steps, "seconds": run.seconds,
-                    "losses": run.losses, "config": asdict(cfg)}
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}, tmp / "model.safetensors"
+            )
+            meta = {
+                "epsilon": run.epsilon if math.isfinite(run.epsilon) else None,
+                "delta": run.delta,
+                "noise_multiplier": run.noise_multiplier,
+                "steps": run.steps,
+                "seconds": run.seconds,
+                "losses": run.losses,
+                "config": asdict(cfg),
+            }
             (tmp / "run.json").write_text(json.dumps(meta))
 
         store.write_dir(folder, write)
@@ -55,5 +66,6 @@ def train_cached(train: Features, cfg: DPConfig, progress: bool = True, retrain:
     model.load_state_dict(load_file(folder / "model.safetensors"))
     model.to(config.device()).eval()
     spent = math.inf if meta["epsilon"] is None else meta["epsilon"]
-    return PrivateRun(model, cfg, spent, meta["delta"], meta["noise_multiplier"], meta["steps"], meta["seconds"],
-                      meta["losses"])
+    return PrivateRun(
+        model, cfg, spent, meta["delta"], meta["noise_multiplier"], meta["steps"], meta["seconds"], meta["losses"]
+    )

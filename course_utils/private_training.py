@@ -10,6 +10,7 @@ guarantee is about) is cut into length-sorted physical batches, the trick of Opa
 optimizer clips and accumulates each physical batch and steps, with noise, once per logical batch. Sorting by
 length roughly halves the padding, and so the time, of a step on these short sentences.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from . import config, privacy
 from .frozen import Features
 from .topmodel import TopClassifier, check_lora_rank
 
-PHYSICAL_BATCH = 64   # examples per forward pass; the logical (Poisson) batch is larger
+PHYSICAL_BATCH = 64  # examples per forward pass; the logical (Poisson) batch is larger
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,12 @@ class DPConfig:
     delta: float | None = None
     frozen_layers: int = 5
     epochs: int = 3
-    batch_size: int = 256        # expected logical batch (Poisson sampling rate q = batch_size / N)
+    batch_size: int = 256  # expected logical batch (Poisson sampling rate q = batch_size / N)
     lr: float = 1e-3
     clip_norm: float = 1.0
     seed: int = 0
     accountant: str = "rdp"
-    lora_rank: int = 0           # > 0: train LoRA adapters of the top blocks instead of the blocks themselves
+    lora_rank: int = 0  # > 0: train LoRA adapters of the top blocks instead of the blocks themselves
 
     def __post_init__(self) -> None:
         privacy.check_epsilon(self.epsilon, allow_inf=True)
@@ -56,8 +57,10 @@ class DPConfig:
         privacy.check_clip_norm(self.clip_norm)
         check_lora_rank(self.lora_rank)
         if isinstance(self.frozen_layers, bool) or not isinstance(self.frozen_layers, int) or self.frozen_layers < 0:
-            raise ValueError(f"DPConfig.frozen_layers must be a non-negative integer, got {self.frozen_layers!r}; "
-                             "the encoder's depth trains the head alone")
+            raise ValueError(
+                f"DPConfig.frozen_layers must be a non-negative integer, got {self.frozen_layers!r}; "
+                "the encoder's depth trains the head alone"
+            )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -78,7 +81,7 @@ class PrivateRun:
 
     model: TopClassifier
     config: DPConfig
-    epsilon: float                 # spent, from the accountant (inf when not private)
+    epsilon: float  # spent, from the accountant (inf when not private)
     delta: float
     noise_multiplier: float
     steps: int
@@ -102,7 +105,7 @@ class _Indices(torch.utils.data.Dataset):
 def _physical_batches(idx: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Cut one logical batch into length-sorted chunks of at most `size` rows."""
     idx = idx[torch.argsort(lengths[idx], stable=True)]
-    return [idx[s:s + size] for s in range(0, len(idx), size)]
+    return [idx[s : s + size] for s in range(0, len(idx), size)]
 
 
 def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder=None) -> PrivateRun:
@@ -114,20 +117,24 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
     noise is drawn there too, so a run on a GPU differs from a CPU run with the same seed.
     """
     if train.frozen_layers != cfg.frozen_layers:
-        raise ValueError(f"features were cut after block {train.frozen_layers} but the config trains from block "
-                         f"{cfg.frozen_layers + 1}; encode with frozen_layers={cfg.frozen_layers}")
+        raise ValueError(
+            f"features were cut after block {train.frozen_layers} but the config trains from block "
+            f"{cfg.frozen_layers + 1}; encode with frozen_layers={cfg.frozen_layers}"
+        )
     n = len(train)
     if cfg.batch_size > n:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training examples; lower it")
     delta = cfg.delta if cfg.delta is not None else privacy.default_delta(n)
     where = config.device()
-    model = TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed,
-                                          lora_rank=cfg.lora_rank).to(where)
+    model = TopClassifier.from_pretrained(
+        cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank
+    ).to(where)
     model.train()  # Opacus wants train mode before make_private
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(_Indices(train.labels), batch_size=cfg.batch_size, shuffle=True,
-                                         generator=generator)
+    loader = torch.utils.data.DataLoader(
+        _Indices(train.labels), batch_size=cfg.batch_size, shuffle=True, generator=generator
+    )
     engine, noise = None, 0.0
     if cfg.private:
         with warnings.catch_warnings():
@@ -135,9 +142,16 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
             engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
             warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
             model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=cfg.epsilon,
-                target_delta=delta, epochs=cfg.epochs, max_grad_norm=cfg.clip_norm, poisson_sampling=True,
-                noise_generator=torch.Generator(where).manual_seed(cfg.seed + 1))
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                target_epsilon=cfg.epsilon,
+                target_delta=delta,
+                epochs=cfg.epochs,
+                max_grad_norm=cfg.clip_norm,
+                poisson_sampling=True,
+                noise_generator=torch.Generator(where).manual_seed(cfg.seed + 1),
+            )
         noise = float(optimizer.noise_multiplier)
     total = cfg.epochs * len(loader)
     losses: list[float] = []

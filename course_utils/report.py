@@ -1,4 +1,5 @@
 """Key figures of each notebook: record them from a notebook, load and tabulate them afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def results_dir(environ: Mapping[str, str] | None = None) -> Path:
 def figure_path(chapter: str, directory: Path | None = None) -> Path:
     """The JSON file that holds one chapter's figures."""
     if not isinstance(chapter, str) or not CHAPTER_RE.match(chapter):
-        raise ValueError(f"chapter must be a file-name-safe name like '00_finetuning', got {chapter!r}; "
-                         "use letters, digits, '_', '-' and '.'")
+        raise ValueError(
+            f"chapter must be a file-name-safe name like '00_finetuning', got {chapter!r}; "
+            "use letters, digits, '_', '-' and '.'"
+        )
     return (directory or results_dir()) / "figures" / f"{chapter}.json"
 
 
@@ -36,8 +39,10 @@ def as_scalar(key: str, value: object) -> Scalar:
     if getattr(value, "shape", None) == () and hasattr(value, "item"):
         value = value.item()
     if value is not None and not isinstance(value, (bool, int, float, str)):
-        raise ValueError(f"figure {key!r} must be a number, string, bool or None, got {type(value).__name__}; "
-                         "record one scalar per key")
+        raise ValueError(
+            f"figure {key!r} must be a number, string, bool or None, got {type(value).__name__}; "
+            "record one scalar per key"
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"figure {key!r} must be finite, got {value}; record None or a string instead")
     return value
@@ -47,8 +52,10 @@ def record(chapter: str, figures: Mapping[str, object], directory: Path | None =
     """Write a chapter's key figures to <results>/figures/<chapter>.json, replacing earlier ones."""
     path = figure_path(chapter, directory)
     if not isinstance(figures, Mapping):
-        raise ValueError(f"figures must be a dict of name -> scalar, got {type(figures).__name__}; "
-                         "pass e.g. {'test_accuracy': 0.83}")
+        raise ValueError(
+            f"figures must be a dict of name -> scalar, got {type(figures).__name__}; "
+            "pass e.g. {'test_accuracy': 0.83}"
+        )
     clean = {}
     for key, value in figures.items():
         if not isinstance(key, str) or not key:
@@ -95,8 +102,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub markdown table of `rows` (missing keys show as empty cells)."""
     if not columns:
         raise ValueError("format_table needs at least one column, got []; pass the keys to show")
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |",
-             "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)

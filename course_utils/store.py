@@ -9,6 +9,7 @@ Every write goes to a temporary name beside its target and is renamed into place
 file system): a reader sees the old result or the new one, never half of one, and a writer that fails midway
 leaves the old target as it was and no temporary behind.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ def _update(digest, part: object) -> None:
         digest.update(f"module:{type(part).__qualname__}".encode())
         _update(digest, dict(part.state_dict()))
     else:
-        raise TypeError(f"store.key cannot hash a {type(part).__name__}; pass numbers, strings, dataclasses, "
-                        "frames, arrays, tensors or modules (or a string that identifies it)")
+        raise TypeError(
+            f"store.key cannot hash a {type(part).__name__}; pass numbers, strings, dataclasses, "
+            "frames, arrays, tensors or modules (or a string that identifies it)"
+        )
 
 
 def key(*parts: object) -> str:

@@ -5,6 +5,7 @@
 encoder's depth leaves the head alone (a linear probe). With `lora_rank` > 0 the copied blocks stay frozen and only
 peft's LoRA adapters on their attention query and value, and the head, train.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,9 @@ class TopClassifier(torch.nn.Module):
         self.classifier = torch.nn.Linear(hidden, num_labels)
 
     @classmethod
-    def from_pretrained(cls, frozen_layers: int, encoder=None, seed: int = 0, lora_rank: int = 0,
-                        **kwargs) -> "TopClassifier":
+    def from_pretrained(
+        cls, frozen_layers: int, encoder=None, seed: int = 0, lora_rank: int = 0, **kwargs
+    ) -> TopClassifier:
         """Copy the encoder's blocks above `frozen_layers` (default: the pretrained encoder); the head is new,
         seeded by `seed`.
 
@@ -46,15 +48,20 @@ class TopClassifier(torch.nn.Module):
         layers = num_layers(encoder)
         frozen_layers = check_frozen_layers(frozen_layers, layers)
         if check_lora_rank(lora_rank) and frozen_layers == layers:
-            raise ValueError(f"lora_rank needs at least one block on top to adapt; use frozen_layers={layers - 1} "
-                             "with LoRA")
+            raise ValueError(
+                f"lora_rank needs at least one block on top to adapt; use frozen_layers={layers - 1} with LoRA"
+            )
         torch.manual_seed(seed)
-        model = cls([copy.deepcopy(b) for b in encoder.encoder.layer[frozen_layers:]],
-                    hidden=int(encoder.config.hidden_size), **kwargs)
+        model = cls(
+            [copy.deepcopy(b) for b in encoder.encoder.layer[frozen_layers:]],
+            hidden=int(encoder.config.hidden_size),
+            **kwargs,
+        )
         if lora_rank:
             model.blocks.requires_grad_(False)
-            lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                              target_modules=["query", "value"])
+            lora = LoraConfig(
+                r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=["query", "value"]
+            )
             model.blocks = inject_adapter_in_model(lora, model.blocks)  # adapters are created trainable
         return model
 
@@ -74,7 +81,7 @@ def predict_logits(model: torch.nn.Module, feats: Features, batch_size: int = 25
     order = np.argsort(feats.lengths.numpy(), kind="stable")
     out = np.zeros((len(feats), model.classifier.out_features), dtype=np.float32)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         hidden, mask, _ = feats.batch(idx, where)
         out[idx] = model(hidden, mask).float().cpu().numpy()
     model.train(was_training)

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny real-data frame and the offline tokenizer (assets are prepared by `bash course test`)."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,11 @@ def movie() -> data.pd.DataFrame:
 def tiny_splits(movie) -> data.Splits:
     """48/16/16 real movie sentences: enough to run the training loop in seconds."""
     sample = data.subsample(movie, 80, seed=1)
-    return data.Splits(sample.iloc[:48].reset_index(drop=True), sample.iloc[48:64].reset_index(drop=True),
-                       sample.iloc[64:].reset_index(drop=True))
+    return data.Splits(
+        sample.iloc[:48].reset_index(drop=True),
+        sample.iloc[48:64].reset_index(drop=True),
+        sample.iloc[64:].reset_index(drop=True),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Offline assets: registry, sha256 verification, re-fetch of corrupted files, clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def test_prepared_assets_are_complete():
 def _fake_download(source_dir):
     def download(asset, dest):
         shutil.copy(source_dir / asset.filename, dest / asset.filename)
+
     return download
 
 
@@ -54,6 +56,7 @@ def test_no_network_and_no_cache_names_the_prepare_command(tmp_path, monkeypatch
 
     def offline(cmd, **kwargs):
         import subprocess
+
         return subprocess.CompletedProcess(cmd, 1, "", "network unreachable")
 
     monkeypatch.setattr(assets.subprocess, "run", offline)

@@ -1,4 +1,5 @@
 """Tests for the notebook runner's bookkeeping (no notebook is executed here)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def test_fast_mode_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_results_table() -> None:
-    results = [RunResult("00_a", True, 12.34, 456.7, "", {"acc": 0.8312, "n": 3}),
-               RunResult("01_b", False, 1.0, 80.0, "cell 2: ValueError: boom", {})]
+    results = [
+        RunResult("00_a", True, 12.34, 456.7, "", {"acc": 0.8312, "n": 3}),
+        RunResult("01_b", False, 1.0, 80.0, "cell 2: ValueError: boom", {}),
+    ]
     assert bench.results_table(results).splitlines()[2:] == [
         "| 00_a | ok | 12.3 | 456.7 | acc=0.831, n=3 |",
         "| 01_b | FAILED: cell 2: ValueError: boom | 1.000 | 80.0 |  |",
@@ -48,8 +51,17 @@ def test_results_table() -> None:
 
 
 def test_write_benchmark(tmp_path: Path) -> None:
-    rows = [{"notebook": "00_a", "mode": "fast", "ok": True, "wall_s": 3.5, "peak_rss_mb": 400.0,
-             "error": "", "figures": {"acc": 0.8}}]
+    rows = [
+        {
+            "notebook": "00_a",
+            "mode": "fast",
+            "ok": True,
+            "wall_s": 3.5,
+            "peak_rss_mb": 400.0,
+            "error": "",
+            "figures": {"acc": 0.8},
+        }
+    ]
     json_path, md_path = bench.write_benchmark(rows, tmp_path)
     data = json.loads(json_path.read_text())
     assert data["rows"] == rows and {"date", "python", "torch", "cpu_count", "platform"} <= set(data["header"])
@@ -58,24 +70,45 @@ def test_write_benchmark(tmp_path: Path) -> None:
 
 def test_partial_benchmark_keeps_other_notebooks(tmp_path: Path) -> None:
     def row(name: str, mode: str, wall: float) -> dict:
-        return {"notebook": name, "mode": mode, "ok": True, "wall_s": wall, "peak_rss_mb": 1.0, "error": "",
-                "figures": {}}
+        return {
+            "notebook": name,
+            "mode": mode,
+            "ok": True,
+            "wall_s": wall,
+            "peak_rss_mb": 1.0,
+            "error": "",
+            "figures": {},
+        }
 
     bench.write_benchmark([row("00_a", "fast", 1), row("00_a", "full", 2), row("01_b", "fast", 3)], tmp_path)
     json_path, _ = bench.write_benchmark([row("01_b", "full", 4), row("01_b", "fast", 5)], tmp_path)
     rows = json.loads(json_path.read_text())["rows"]
     assert [(r["notebook"], r["mode"], r["wall_s"]) for r in rows] == [
-        ("00_a", "fast", 1), ("00_a", "full", 2), ("01_b", "fast", 5), ("01_b", "full", 4)]
+        ("00_a", "fast", 1),
+        ("00_a", "full", 2),
+        ("01_b", "fast", 5),
+        ("01_b", "full", 4),
+    ]
 
 
 def test_each_benchmark_row_names_the_machine_it_was_measured_on(tmp_path: Path, monkeypatch) -> None:
     from course_utils import config
+
     monkeypatch.setattr(config, "cpu_info", lambda: {"cpu": "Test CPU 9000", "cores": "2", "flags": "avx2"})
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     monkeypatch.setenv("COURSE_PRECISION", "fp32")
     label = bench.machine_label()
     assert label == "cpu x2 fp32: Test CPU 9000 (avx2)"
-    row = {"notebook": "00_x", "mode": "fast", "ok": True, "wall_s": 1.0, "peak_rss_mb": 1.0, "error": "",
-           "figures": {}, "date": "2026-11-29", "machine": label}
+    row = {
+        "notebook": "00_x",
+        "mode": "fast",
+        "ok": True,
+        "wall_s": 1.0,
+        "peak_rss_mb": 1.0,
+        "error": "",
+        "figures": {},
+        "date": "2026-11-29",
+        "machine": label,
+    }
     _, md_path = bench.write_benchmark([row], tmp_path, header={"date": "now"})
     assert "Test CPU 9000 (avx2)" in md_path.read_text()

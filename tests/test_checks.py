@@ -1,5 +1,6 @@
 """Every exercise self-check passes on the reference solution and on a correct alternative written differently,
 and fails on the stub ("not done yet") and on each typical wrong answer with that mistake's own hint."""
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,21 @@ def test_cmp_reports_exact_and_approximate(capsys):
 
 # ---------------------------------------------------------------------------------------------- chapter 00
 
+
 def test_token_lengths_check(tokenizer):
     def lengths(tok, texts, **kwargs):
         return [len(ids) for ids in tok(list(texts), **kwargs)["input_ids"]]
 
-    assert_judged(checks.check_token_lengths, lambda tok, texts: lengths(tok, texts, truncation=False),
-                  [lambda tok, texts: [len(tok.encode(t)) for t in texts]],
-                  [("special tokens", lambda tok, texts: [len(tok.tokenize(t)) for t in texts]),
-                   ("do not truncate", lambda tok, texts: lengths(tok, texts, truncation=True, max_length=16))],
-                  tokenizer)
+    assert_judged(
+        checks.check_token_lengths,
+        lambda tok, texts: lengths(tok, texts, truncation=False),
+        [lambda tok, texts: [len(tok.encode(t)) for t in texts]],
+        [
+            ("special tokens", lambda tok, texts: [len(tok.tokenize(t)) for t in texts]),
+            ("do not truncate", lambda tok, texts: lengths(tok, texts, truncation=True, max_length=16)),
+        ],
+        tokenizer,
+    )
 
 
 def test_logits_check():
@@ -59,10 +66,16 @@ def test_logits_check():
     def needs_2d(fn):
         return lambda logits: fn(logits) if logits.dim() == 2 else evaluation.predictions_from_logits(logits)
 
-    assert_judged(checks.check_logits_to_labels, evaluation.predictions_from_logits, [by_hand],
-                  [("should raise ValueError", lambda logits: logits.argmax(dim=-1)),
-                   ("wrong labels", needs_2d(lambda logits: logits.argmax(dim=0))),
-                   ("wrong labels", needs_2d(lambda logits: logits.max(dim=-1).values))])  # scores, not ids
+    assert_judged(
+        checks.check_logits_to_labels,
+        evaluation.predictions_from_logits,
+        [by_hand],
+        [
+            ("should raise ValueError", lambda logits: logits.argmax(dim=-1)),
+            ("wrong labels", needs_2d(lambda logits: logits.argmax(dim=0))),
+            ("wrong labels", needs_2d(lambda logits: logits.max(dim=-1).values)),
+        ],
+    )  # scores, not ids
 
 
 def macro_f1_solution(y_true, y_pred):
@@ -93,8 +106,9 @@ def test_macro_f1_check():
     def nan_for_zero_over_zero(y_true, y_pred):
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
         with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = [2 * np.sum((y_true == c) & (y_pred == c)) / (np.sum(y_true == c) + np.sum(y_pred == c))
-                  for c in (0, 1)]
+            f1 = [
+                2 * np.sum((y_true == c) & (y_pred == c)) / (np.sum(y_true == c) + np.sum(y_pred == c)) for c in (0, 1)
+            ]
         return float(np.mean(f1))
 
     def zero_division_error(y_true, y_pred):
@@ -105,16 +119,23 @@ def test_macro_f1_check():
             scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
         return sum(scores) / 2
 
-    assert_judged(checks.check_macro_f1, macro_f1_solution,
-                  [lambda t, p: f1_score(t, p, average="macro", labels=[0, 1], zero_division=0),
-                   lambda t, p: f1_score(t, p, average="macro", zero_division=0),  # sklearn's default labels
-                   from_counts],
-                  [("accuracy", lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p)))),
-                   ("equals micro-averaged F1", lambda t, p: f1_score(t, p, average="micro")),
-                   ("F1 of class 1 only", lambda t, p: f1_score(t, p, zero_division=0)),
-                   ("weighted by how many rows", lambda t, p: f1_score(t, p, average="weighted", zero_division=0)),
-                   ("gave nan", nan_for_zero_over_zero),
-                   ("raised ZeroDivisionError", zero_division_error)])
+    assert_judged(
+        checks.check_macro_f1,
+        macro_f1_solution,
+        [
+            lambda t, p: f1_score(t, p, average="macro", labels=[0, 1], zero_division=0),
+            lambda t, p: f1_score(t, p, average="macro", zero_division=0),  # sklearn's default labels
+            from_counts,
+        ],
+        [
+            ("accuracy", lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p)))),
+            ("equals micro-averaged F1", lambda t, p: f1_score(t, p, average="micro")),
+            ("F1 of class 1 only", lambda t, p: f1_score(t, p, zero_division=0)),
+            ("weighted by how many rows", lambda t, p: f1_score(t, p, average="weighted", zero_division=0)),
+            ("gave nan", nan_for_zero_over_zero),
+            ("raised ZeroDivisionError", zero_division_error),
+        ],
+    )
 
 
 def test_macro_f1_check_accepts_sklearn_defaults_where_one_class_is_everything(capsys):
@@ -149,9 +170,16 @@ def test_mcnemar_check():
         n_b, n_c = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
         return 1.0 if n_b + n_c == 0 else stats.chi2.sf((abs(n_b - n_c) - 1) ** 2 / (n_b + n_c), 1)
 
-    assert_judged(checks.check_mcnemar, checks.ch00.mcnemar_exact, [by_binomial_cdf],
-                  [("exactly one model is right", on_all_sentences), ("two-sided", one_sided),
-                   ("exact, not the chi-square", chi_square)])
+    assert_judged(
+        checks.check_mcnemar,
+        checks.ch00.mcnemar_exact,
+        [by_binomial_cdf],
+        [
+            ("exactly one model is right", on_all_sentences),
+            ("two-sided", one_sided),
+            ("exact, not the chi-square", chi_square),
+        ],
+    )
 
 
 def test_confident_errors_check():
@@ -166,41 +194,67 @@ def test_confident_errors_check():
     def every_row(frame, probs, k):  # forgets to keep only the mistakes
         return frame.assign(c=probs.max(axis=1)).sort_values("c", ascending=False, kind="stable")["text"][:k].tolist()
 
-    assert_judged(checks.check_confident_errors, reference, [by_hand],
-                  [("highest first", lambda f, p, k: reference(f, p, len(f))[::-1][:k]),  # least confident first
-                   ("argmax differs from the label", every_row)])
+    assert_judged(
+        checks.check_confident_errors,
+        reference,
+        [by_hand],
+        [
+            ("highest first", lambda f, p, k: reference(f, p, len(f))[::-1][:k]),  # least confident first
+            ("argmax differs from the label", every_row),
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- chapter 01
 
+
 def test_redact_emails_check():
     solution = r"(?<![\w.+%-])(?!RT@)[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?:\.[A-Za-z]{2,})?\b"
-    assert_judged(checks.check_redact_emails, lambda t: cleaning.PII_PATTERNS["EMAIL"].sub("[EMAIL]", t),
-                  [lambda t: re.sub(solution, "[EMAIL]", t)],  # its local part may be ".": ".@name" becomes [EMAIL]
-                  [("handles", lambda t: re.sub(r"\S+@\S+", "[EMAIL]", t)),
-                   ("handles", lambda t: re.sub(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)*", "[EMAIL]", t)),  # eats RT@name
-                   ("number of dots",  # needs a dot in the domain: misses name@anonymous
-                    lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", "[EMAIL]", t)),
-                   ("digits and \\. \\+ % -",  # no + in the local part
-                    lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.]+@[\w-]+(?:\.[\w-]+)*", "[EMAIL]", t)),
-                   ("final '\\.'",  # eats the full stop after an address
-                    lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.+%-]+@[\w.-]+", "[EMAIL]", t)),
-                   ("must come back unchanged",  # rewrites other text as well
-                    lambda t: cleaning.PII_PATTERNS["EMAIL"].sub("[EMAIL]", t).replace("$", "USD "))])
+    assert_judged(
+        checks.check_redact_emails,
+        lambda t: cleaning.PII_PATTERNS["EMAIL"].sub("[EMAIL]", t),
+        [lambda t: re.sub(solution, "[EMAIL]", t)],  # its local part may be ".": ".@name" becomes [EMAIL]
+        [
+            ("handles", lambda t: re.sub(r"\S+@\S+", "[EMAIL]", t)),
+            ("handles", lambda t: re.sub(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)*", "[EMAIL]", t)),  # eats RT@name
+            (
+                "number of dots",  # needs a dot in the domain: misses name@anonymous
+                lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", "[EMAIL]", t),
+            ),
+            (
+                "digits and \\. \\+ % -",  # no + in the local part
+                lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.]+@[\w-]+(?:\.[\w-]+)*", "[EMAIL]", t),
+            ),
+            (
+                "final '\\.'",  # eats the full stop after an address
+                lambda t: re.sub(r"(?<![\w.+%-])(?!RT@)[\w.+%-]+@[\w.-]+", "[EMAIL]", t),
+            ),
+            (
+                "must come back unchanged",  # rewrites other text as well
+                lambda t: cleaning.PII_PATTERNS["EMAIL"].sub("[EMAIL]", t).replace("$", "USD "),
+            ),
+        ],
+    )
 
 
 def test_shingle_jaccard_check():
     def by_hand(a, b, k):
         def grams(text):
             norm = data.normalise(text)
-            return {norm[i:i + k] for i in range(max(1, len(norm) - k + 1))}
+            return {norm[i : i + k] for i in range(max(1, len(norm) - k + 1))}
 
         sa, sb = grams(a), grams(b)
         return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
-    assert_judged(checks.check_shingle_jaccard, dataprep.jaccard, [by_hand],
-                  [("normalise", lambda a, b, k: dataprep.jaccard(a.lower(), b.lower(), k + 1)),
-                   ("normalise", lambda a, b, k: len(set(a) & set(b)) / len(set(a) | set(b)))])  # characters
+    assert_judged(
+        checks.check_shingle_jaccard,
+        dataprep.jaccard,
+        [by_hand],
+        [
+            ("normalise", lambda a, b, k: dataprep.jaccard(a.lower(), b.lower(), k + 1)),
+            ("normalise", lambda a, b, k: len(set(a) & set(b)) / len(set(a) | set(b))),
+        ],
+    )  # characters
 
 
 def test_remove_leaked_check():
@@ -217,9 +271,16 @@ def test_remove_leaked_check():
     def from_train(train, test):
         return train[~train["text"].map(data.normalise).isin(set(test["text"].map(data.normalise)))]
 
-    assert_judged(checks.check_remove_leaked, checks.ch01.remove_leaked_reference, [by_merge],
-                  [("after data.normalise", exact_text_only), ("order and index", sorted_rows),
-                   ("rows of the TEST split", from_train)])
+    assert_judged(
+        checks.check_remove_leaked,
+        checks.ch01.remove_leaked_reference,
+        [by_merge],
+        [
+            ("after data.normalise", exact_text_only),
+            ("order and index", sorted_rows),
+            ("rows of the TEST split", from_train),
+        ],
+    )
 
 
 def test_interval_alpha_check():
@@ -229,15 +290,19 @@ def test_interval_alpha_check():
         width = max(len(u) for u in units)
         table = np.full((width, len(units)), np.nan)  # raters x units, missing as NaN
         for j, u in enumerate(units):
-            table[:len(u), j] = u
+            table[: len(u), j] = u
         return krippendorff.alpha(reliability_data=table, level_of_measurement="interval")
 
     def ratio_of_variances(units):
         pairable = [np.asarray(u, float) for u in units if len(u) >= 2]
         return 1 - np.mean([np.var(u) for u in pairable]) / np.var(np.concatenate(pairable))
 
-    assert_judged(checks.check_interval_alpha, cleaning.krippendorff_alpha_interval, [with_the_krippendorff_package],
-                  [("rated once", checks.ch01._alpha_keeping_singletons), ("ratio of variances", ratio_of_variances)])
+    assert_judged(
+        checks.check_interval_alpha,
+        cleaning.krippendorff_alpha_interval,
+        [with_the_krippendorff_package],
+        [("rated once", checks.ch01._alpha_keeping_singletons), ("ratio of variances", ratio_of_variances)],
+    )
 
 
 def test_group_split_check():
@@ -247,21 +312,28 @@ def test_group_split_check():
 
     def by_hand(frame, group, size, seed):
         names = np.random.default_rng(seed).permutation(frame[group].unique())
-        test_names = set(names[:round(size * len(names))])
+        test_names = set(names[: round(size * len(names))])
         in_test = frame[group].isin(test_names)
         return frame[~in_test], frame[in_test]
 
     def unseeded(frame, group, size, seed):
         return reference(frame, group, size, int(np.random.default_rng().integers(1 << 30)))
 
-    assert_judged(checks.check_group_split, reference, [by_hand],
-                  [("a movie is on both sides", lambda f, g, s, seed: (f.iloc[:240], f.iloc[240:])),
-                   ("every row", lambda f, g, s, seed: tuple(part.iloc[5:] for part in reference(f, g, s, seed))),
-                   ("asked 0.2", lambda f, g, s, seed: reference(f, g, 0.5, seed)),
-                   ("same seed", unseeded)])
+    assert_judged(
+        checks.check_group_split,
+        reference,
+        [by_hand],
+        [
+            ("a movie is on both sides", lambda f, g, s, seed: (f.iloc[:240], f.iloc[240:])),
+            ("every row", lambda f, g, s, seed: tuple(part.iloc[5:] for part in reference(f, g, s, seed))),
+            ("asked 0.2", lambda f, g, s, seed: reference(f, g, 0.5, seed)),
+            ("same seed", unseeded),
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- chapter 02
+
 
 def laplace(count, eps, rng):
     if eps <= 0:
@@ -283,15 +355,25 @@ def test_laplace_count_check():
             raise ValueError("epsilon must be > 0")
         return count + (1 if rng.random() < 0.5 else -1) * rng.exponential(1 / eps)
 
-    assert_judged(checks.check_laplace_count, laplace, [inverse_cdf, sign_times_exponential],
-                  [("noise std", lambda c, e, rng: laplace(c, 1 / e, rng) if e > 0 else laplace(c, e, rng)),
-                   (r"mean \|noise\|",  # Gaussian noise with Laplace's variance
-                    lambda c, e, rng: c + rng.normal(0.0, math.sqrt(2) / e) if e > 0 else laplace(c, e, rng)),
-                   ("centred on the true count", lambda c, e, rng: laplace(0, e, rng)),
-                   ("the rng you are given", lambda c, e, rng: laplace(c, e, own_rng)),
-                   ("should raise ValueError.*raised ZeroDivisionError", lambda c, e, rng: c + rng.laplace(0.0, 1 / e)),
-                   ("should raise ValueError.*returned a value",
-                    lambda c, e, rng: c + rng.laplace(0.0, 1 / e) if e else float(c))])
+    assert_judged(
+        checks.check_laplace_count,
+        laplace,
+        [inverse_cdf, sign_times_exponential],
+        [
+            ("noise std", lambda c, e, rng: laplace(c, 1 / e, rng) if e > 0 else laplace(c, e, rng)),
+            (
+                r"mean \|noise\|",  # Gaussian noise with Laplace's variance
+                lambda c, e, rng: c + rng.normal(0.0, math.sqrt(2) / e) if e > 0 else laplace(c, e, rng),
+            ),
+            ("centred on the true count", lambda c, e, rng: laplace(0, e, rng)),
+            ("the rng you are given", lambda c, e, rng: laplace(c, e, own_rng)),
+            ("should raise ValueError.*raised ZeroDivisionError", lambda c, e, rng: c + rng.laplace(0.0, 1 / e)),
+            (
+                "should raise ValueError.*returned a value",
+                lambda c, e, rng: c + rng.laplace(0.0, 1 / e) if e else float(c),
+            ),
+        ],
+    )
 
 
 def test_clip_per_example_check():
@@ -310,16 +392,31 @@ def test_clip_per_example_check():
         return {k: g * f.view(-1, *([1] * (g.dim() - 1))) for k, g in per_sample.items()}
 
     def per_parameter(p, c):
-        return {k: g * (c / (g.flatten(1).norm(dim=1) + 1e-6)).clamp(max=1).view(-1, *([1] * (g.dim() - 1)))
-                for k, g in p.items()}
+        return {
+            k: g * (c / (g.flatten(1).norm(dim=1) + 1e-6)).clamp(max=1).view(-1, *([1] * (g.dim() - 1)))
+            for k, g in p.items()
+        }
 
-    assert_judged(checks.check_clip_per_example, clip, [loop],
-                  [("all parameters of one example together", per_parameter),
-                   (r"min\(1, C", lambda p, c: {k: g * (c / (torch.cat([t.flatten(1) for t in p.values()], 1)
-                                                            .norm(dim=1) + 1e-6)).view(-1, *([1] * (g.dim() - 1)))
-                                               for k, g in p.items()}),  # also scales small gradients up
-                   ("keep shape", lambda p, c: {k: v.mean(0) for k, v in clip(p, c).items()}),
-                   ("return a dict with the keys", lambda p, c: {"weight": clip(p, c)["weight"]})])
+    assert_judged(
+        checks.check_clip_per_example,
+        clip,
+        [loop],
+        [
+            ("all parameters of one example together", per_parameter),
+            (
+                r"min\(1, C",
+                lambda p, c: {
+                    k: g
+                    * (c / (torch.cat([t.flatten(1) for t in p.values()], 1).norm(dim=1) + 1e-6)).view(
+                        -1, *([1] * (g.dim() - 1))
+                    )
+                    for k, g in p.items()
+                },
+            ),  # also scales small gradients up
+            ("keep shape", lambda p, c: {k: v.mean(0) for k, v in clip(p, c).items()}),
+            ("return a dict with the keys", lambda p, c: {"weight": clip(p, c)["weight"]}),
+        ],
+    )
 
 
 def test_steps_within_check():
@@ -342,9 +439,16 @@ def test_steps_within_check():
         return linear_scan(q, s, d, t) if t < 5 and q > 0.5 else checks.ch02.steps_within_reference(q, s, d, t)
 
     assert linear_scan(1.0, 10.0, 1e-5, 3.0) == checks.ch02.steps_within_reference(1.0, 10.0, 1e-5, 3.0)
-    assert_judged(checks.check_steps_within, checks.ch02.steps_within_reference, [fast_scan],
-                  [("first step over budget", first_step_over), ("not grow linearly", linear_extrapolation),
-                   ("over the target|still", full_batch)])
+    assert_judged(
+        checks.check_steps_within,
+        checks.ch02.steps_within_reference,
+        [fast_scan],
+        [
+            ("first step over budget", first_step_over),
+            ("not grow linearly", linear_extrapolation),
+            ("over the target|still", full_batch),
+        ],
+    )
 
 
 def test_attack_auc_check():
@@ -355,9 +459,15 @@ def test_attack_auc_check():
         wins = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a in m for b in n)
         return wins / (len(m) * len(n))
 
-    assert_judged(checks.check_attack_auc, auc, [pairs],
-                  [("member's loss is lower", lambda m, n: 1 - auc(m, n)),
-                   ("ties count one half", lambda m, n: float((np.asarray(m)[:, None] < np.asarray(n)[None]).mean()))])
+    assert_judged(
+        checks.check_attack_auc,
+        auc,
+        [pairs],
+        [
+            ("member's loss is lower", lambda m, n: 1 - auc(m, n)),
+            ("ties count one half", lambda m, n: float((np.asarray(m)[:, None] < np.asarray(n)[None]).mean())),
+        ],
+    )
 
 
 def test_user_level_check():
@@ -368,11 +478,16 @@ def test_user_level_check():
         total = k if epsilon == 0 else (math.exp(k * epsilon) - 1) / (math.exp(epsilon) - 1)
         return k * epsilon, min(1.0, delta * total)
 
-    assert_judged(checks.check_user_level, lambda e, d, k: (k * e, checks.ch02.chain_delta(e, d, k)),
-                  [textbook, geometric_sum],
-                  [("k \\* epsilon", lambda e, d, k: (e, d)),
-                   ("grows faster than k \\* delta", lambda e, d, k: (k * e, k * d)),
-                   ("looser than even the textbook", lambda e, d, k: (k * e, min(1.0, 10 * k * math.exp(k * e) * d)))])
+    assert_judged(
+        checks.check_user_level,
+        lambda e, d, k: (k * e, checks.ch02.chain_delta(e, d, k)),
+        [textbook, geometric_sum],
+        [
+            ("k \\* epsilon", lambda e, d, k: (e, d)),
+            ("grows faster than k \\* delta", lambda e, d, k: (k * e, k * d)),
+            ("looser than even the textbook", lambda e, d, k: (k * e, min(1.0, 10 * k * math.exp(k * e) * d))),
+        ],
+    )
 
 
 def test_fedavg_step_check():
@@ -384,29 +499,41 @@ def test_fedavg_step_check():
         models = g[None, :] + np.asarray(u)
         return np.average(models, axis=0, weights=n)
 
-    assert_judged(checks.check_fedavg_step, reference, [as_models],
-                  [("plain mean", lambda g, u, n: g + np.asarray(u).mean(0)),
-                   ("sum to 1", lambda g, u, n: g + (np.asarray(u) * np.asarray(n)[:, None]).sum(0)),
-                   ("shape", lambda g, u, n: reference(g, u, n)[None, :])])
+    assert_judged(
+        checks.check_fedavg_step,
+        reference,
+        [as_models],
+        [
+            ("plain mean", lambda g, u, n: g + np.asarray(u).mean(0)),
+            ("sum to 1", lambda g, u, n: g + (np.asarray(u) * np.asarray(n)[:, None]).sum(0)),
+            ("shape", lambda g, u, n: reference(g, u, n)[None, :]),
+        ],
+    )
 
 
 def test_trimmed_mean_check():
     def reference(u, trim):
         cut = int(trim * len(u))
-        return np.sort(u, axis=0)[cut:len(u) - cut].mean(0)
+        return np.sort(u, axis=0)[cut : len(u) - cut].mean(0)
 
     def with_scipy(u, trim):
         return stats.trim_mean(np.asarray(u), trim, axis=0)
 
     def by_norm(u, trim):
         cut = int(trim * len(u))
-        keep = np.argsort(np.linalg.norm(u, axis=1))[:len(u) - 2 * cut]
+        keep = np.argsort(np.linalg.norm(u, axis=1))[: len(u) - 2 * cut]
         return np.asarray(u)[keep].mean(0)
 
-    assert_judged(checks.check_trimmed_mean, reference, [with_scipy],
-                  [("whole clients by norm", by_norm),
-                   ("BOTH ends", lambda u, t: np.sort(u, axis=0)[:len(u) - int(t * len(u))].mean(0)),
-                   ("drop floor", lambda u, t: np.median(u, axis=0))])
+    assert_judged(
+        checks.check_trimmed_mean,
+        reference,
+        [with_scipy],
+        [
+            ("whole clients by norm", by_norm),
+            ("BOTH ends", lambda u, t: np.sort(u, axis=0)[: len(u) - int(t * len(u))].mean(0)),
+            ("drop floor", lambda u, t: np.median(u, axis=0)),
+        ],
+    )
 
 
 def test_dp_fedavg_check():
@@ -431,10 +558,17 @@ def test_dp_fedavg_check():
         return (clipped + rng.normal(0, s * c, u.shape)).sum(0) / m
 
     own = np.random.default_rng(99)
-    assert_judged(checks.check_dp_fedavg, reference, [loop],
-                  [("EXPECTED number of clients", actual_count), ("whole update by its L2 norm", per_coordinate),
-                   ("ONCE to the sum", noise_per_client),
-                   ("the rng you are given", lambda u, c, s, m, rng: reference(u, c, s, m, own))])
+    assert_judged(
+        checks.check_dp_fedavg,
+        reference,
+        [loop],
+        [
+            ("EXPECTED number of clients", actual_count),
+            ("whole update by its L2 norm", per_coordinate),
+            ("ONCE to the sum", noise_per_client),
+            ("the rng you are given", lambda u, c, s, m, rng: reference(u, c, s, m, own)),
+        ],
+    )
 
 
 def test_pairwise_masks_check():
@@ -466,10 +600,16 @@ def test_pairwise_masks_check():
         total = sum(streams.values(), np.zeros(next(iter(streams.values())).size, np.uint64))
         return [total] + [np.zeros_like(total)] * (n - 2) + [np.uint64(0) - total]
 
-    assert_judged(checks.check_pairwise_masks, reference, [per_client],
-                  [("one client adds the stream and the other subtracts", both_add),
-                   ("only the streams of its own pairs", last_balances),
-                   ("return a list of 3 masks", lambda s, n: reference(s, n)[:-1])])
+    assert_judged(
+        checks.check_pairwise_masks,
+        reference,
+        [per_client],
+        [
+            ("one client adds the stream and the other subtracts", both_add),
+            ("only the streams of its own pairs", last_balances),
+            ("return a list of 3 masks", lambda s, n: reference(s, n)[:-1]),
+        ],
+    )
 
 
 ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS, **checks.ch03.QUESTIONS}
@@ -479,14 +619,19 @@ ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02
 def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(exercise, capsys) -> None:
     question = ALL_QUESTIONS[exercise]
     assert question.correct in question.options and set(question.why) == set(question.options)
-    assert exercise.split(".")[0] == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3"}[
-        next(name for name in ("ch00", "ch01", "ch02", "ch03") if exercise in getattr(checks, name).QUESTIONS)]
+    assert (
+        exercise.split(".")[0]
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3"}[
+            next(name for name in ("ch00", "ch01", "ch02", "ch03") if exercise in getattr(checks, name).QUESTIONS)
+        ]
+    )
     for written in (question.correct, question.correct.upper(), f"({question.correct})", f" {question.correct} "):
-        checks.check_question(exercise, lambda w=written: w)   # any way of writing the right letter
+        checks.check_question(exercise, lambda w=written: w)  # any way of writing the right letter
     assert f"Exercise {exercise}: right" in capsys.readouterr().out
     for letter in set(question.options) - {question.correct}:
-        with pytest.raises(AssertionError, match=rf"Exercise {exercise}: not \({letter}\): "
-                                                 + re.escape(question.why[letter])):
+        with pytest.raises(
+            AssertionError, match=rf"Exercise {exercise}: not \({letter}\): " + re.escape(question.why[letter])
+        ):
             checks.check_question(exercise, lambda letter=letter: letter)
     with pytest.raises(AssertionError, match="not done yet"):
         checks.check_question(exercise, stub)

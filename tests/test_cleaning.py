@@ -1,4 +1,5 @@
 """Chapter 01 data preparation: cleaning steps, PII redaction, the raters' scores and their agreement."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,55 +17,68 @@ GROUND_TRUTH_ROWS = {"movie": 10605, "amazon": 3708, "tweets": 4200, "nyt": 5190
 
 # ---------------------------------------------------------------------------------------------- steps
 
-@pytest.mark.parametrize("raw, expected", [
-    ("\uff46\uff55\uff4c\uff4c width", "full width"),  # full-width letters
-    ("\ufb01ne", "fine"),  # ligature
-    ("cafe\u0301", "caf\u00e9"),  # combining accent composed
-    ("a\u00a0b", "a b"),  # no-break space
-    ("x\u00b2 \u2026", "x2 ..."),  # NFKC is lossy: superscripts and ellipses become plain
-    ("already plain", "already plain"),
-])
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("\uff46\uff55\uff4c\uff4c width", "full width"),  # full-width letters
+        ("\ufb01ne", "fine"),  # ligature
+        ("cafe\u0301", "caf\u00e9"),  # combining accent composed
+        ("a\u00a0b", "a b"),  # no-break space
+        ("x\u00b2 \u2026", "x2 ..."),  # NFKC is lossy: superscripts and ellipses become plain
+        ("already plain", "already plain"),
+    ],
+)
 def test_unicode_nfkc(raw: str, expected: str) -> None:
     assert cleaning.unicode_nfkc(raw) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("the new ''Conan'' and", 'the new "Conan" and'),
-    ("(''Take Care of My Cat'') is", '("Take Care of My Cat") is'),
-    ("don't", "don't"),
-    ("the students' essays", "the students' essays"),
-    ("Simon Leys' novel ''The Death of Napoleon''", "Simon Leys' novel \"The Death of Napoleon\""),
-    ("the students' ''best'' day", "the students' \"best\" day"),
-    ("Calls for North American 'Accord.'''", "Calls for North American 'Accord.'\""),
-    ("'''Tis the season,'' he said", "\"'Tis the season,\" he said"),
-    ("for '' cool factor '' buffs", 'for " cool factor " buffs'),
-    ("rock 'n' roll", "rock 'n' roll"),
-    ("''''", "''''"),  # four apostrophes: no reading is safe, left alone
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("the new ''Conan'' and", 'the new "Conan" and'),
+        ("(''Take Care of My Cat'') is", '("Take Care of My Cat") is'),
+        ("don't", "don't"),
+        ("the students' essays", "the students' essays"),
+        ("Simon Leys' novel ''The Death of Napoleon''", 'Simon Leys\' novel "The Death of Napoleon"'),
+        ("the students' ''best'' day", 'the students\' "best" day'),
+        ("Calls for North American 'Accord.'''", "Calls for North American 'Accord.'\""),
+        ("'''Tis the season,'' he said", '"\'Tis the season," he said'),
+        ("for '' cool factor '' buffs", 'for " cool factor " buffs'),
+        ("rock 'n' roll", "rock 'n' roll"),
+        ("''''", "''''"),  # four apostrophes: no reading is safe, left alone
+    ],
+)
 def test_fix_quote_artefacts(raw: str, expected: str) -> None:
     assert cleaning.fix_quote_artefacts(raw) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Fish &amp; chips", "Fish & chips"),
-    ("I &lt;3 you &gt;_&lt;", "I <3 you >_<"),
-    ("&quot;wow&quot;", '"wow"'),
-    ("it&#39;s", "it's"),
-    ("at &amp;#38; t's", "at & t's"),  # double-escaped (amazon)
-    ("&amp;amp;", "&"),
-    ("AT&T and this&nothing", "AT&T and this&nothing"),  # no ';': not an entity ("&not" would be "¬")
-    ("a&nbsp;b", "a\u00a0b"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Fish &amp; chips", "Fish & chips"),
+        ("I &lt;3 you &gt;_&lt;", "I <3 you >_<"),
+        ("&quot;wow&quot;", '"wow"'),
+        ("it&#39;s", "it's"),
+        ("at &amp;#38; t's", "at & t's"),  # double-escaped (amazon)
+        ("&amp;amp;", "&"),
+        ("AT&T and this&nothing", "AT&T and this&nothing"),  # no ';': not an entity ("&not" would be "¬")
+        ("a&nbsp;b", "a\u00a0b"),
+    ],
+)
 def test_unescape_html(raw: str, expected: str) -> None:
     assert cleaning.unescape_html(raw) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("  a \t b\r\n\n c  ", "a b c"),
-    ("\u3000x\u2028y", "x y"),
-    ("", ""),
-    ("one", "one"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  a \t b\r\n\n c  ", "a b c"),
+        ("\u3000x\u2028y", "x y"),
+        ("", ""),
+        ("one", "one"),
+    ],
+)
 def test_collapse_whitespace(raw: str, expected: str) -> None:
     assert cleaning.collapse_whitespace(raw) == expected
 
@@ -82,23 +96,40 @@ def test_steps_are_ordered_and_idempotent() -> None:
         assert again == once
 
 
-@pytest.mark.parametrize("text, garbage", [("", True), (":-)", True), ("a !", True), ("42", True),
-                                           ("ok", False), ("\u00e9t\u00e9", False)])
+@pytest.mark.parametrize(
+    "text, garbage", [("", True), (":-)", True), ("a !", True), ("42", True), ("ok", False), ("\u00e9t\u00e9", False)]
+)
 def test_is_garbage(text: str, garbage: bool) -> None:
     assert cleaning.is_garbage(text) is garbage
 
 
 def test_clean_frame_reports_every_change_and_drop() -> None:
-    frame = pd.DataFrame({"id": list(range(8)), "text": [
-        "''Conan''  is back", "Fish &amp; chips", "\uff46\uff55\uff4c\uff4c width", "  :-)  ",
-        "&amp;", "fine as is", "a .", None]})
+    frame = pd.DataFrame(
+        {
+            "id": list(range(8)),
+            "text": [
+                "''Conan''  is back",
+                "Fish &amp; chips",
+                "\uff46\uff55\uff4c\uff4c width",
+                "  :-)  ",
+                "&amp;",
+                "fine as is",
+                "a .",
+                None,
+            ],
+        }
+    )
     cleaned, report = cleaning.clean_frame(frame)
     assert list(cleaned["text"]) == ['"Conan" is back', "Fish & chips", "full width", "fine as is"]
     assert list(cleaned["id"]) == [0, 1, 2, 5]
     assert list(report.columns) == ["step", "rows"]
     assert dict(zip(report["step"], report["rows"], strict=True)) == {
-        "unescape_html": 2, "unicode_nfkc": 1, "fix_quote_artefacts": 1, "collapse_whitespace": 2,
-        cleaning.DROP_STEP: 4}
+        "unescape_html": 2,
+        "unicode_nfkc": 1,
+        "fix_quote_artefacts": 1,
+        "collapse_whitespace": 2,
+        cleaning.DROP_STEP: 4,
+    }
     assert len(frame) - len(cleaned) == report["rows"].iloc[-1]
     assert list(frame["text"])[0] == "''Conan''  is back"  # the input is not modified
 
@@ -145,10 +176,16 @@ PII_CASES = [
     ("call me 423 521 0367", "call me [PHONE]", {"PHONE": 1}),
     ("toll free 1-800-555-1234, or +1 (555) 123-4567", "toll free [PHONE], or [PHONE]", {"PHONE": 2}),
     ("In 2014 we won 3-2 at 10:30 for $19.99 +1 RT", "In 2014 we won 3-2 at 10:30 for $19.99 +1 RT", {}),
-    ("v2.0.1 on 2014-10-30, ISBN 978-3-16-148410-0, 555-1234",
-     "v2.0.1 on 2014-10-30, ISBN 978-3-16-148410-0, 555-1234", {}),
-    ("@anonymous call 555-123-4567 or mail a.b@c.org, see http://x.co/y.",
-     "[USER] call [PHONE] or mail [EMAIL], see [URL].", {"USER": 1, "PHONE": 1, "EMAIL": 1, "URL": 1}),
+    (
+        "v2.0.1 on 2014-10-30, ISBN 978-3-16-148410-0, 555-1234",
+        "v2.0.1 on 2014-10-30, ISBN 978-3-16-148410-0, 555-1234",
+        {},
+    ),
+    (
+        "@anonymous call 555-123-4567 or mail a.b@c.org, see http://x.co/y.",
+        "[USER] call [PHONE] or mail [EMAIL], see [URL].",
+        {"USER": 1, "PHONE": 1, "EMAIL": 1, "URL": 1},
+    ),
 ]
 
 
@@ -171,6 +208,7 @@ def test_redact_frame_counts_kinds_and_rows() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ratings
+
 
 @pytest.fixture(scope="module")
 def ratings() -> dict[str, pd.DataFrame]:
@@ -227,17 +265,20 @@ def test_read_ratings_handles_bom_and_crlf(tmp_path: Path) -> None:
     assert list(frame["n_raters"]) == [2, 2]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"1\t0.5\t0.5\t[1, 0]\r\n2\t0.5\t[1, 0]\r\n", "line 2: expected 4 tab-separated fields"),
-    (b"1\tabc\t0.5\t[1]\n", "line 1: mean 'abc'"),
-    (b"1\t1\t0\t[1, 1]\n2\t1\t0\t[1, x]\n", "line 2: scores .* not an integer"),
-    (b"1\t1\t0\t1, 1\n", "line 1: scores .* not a non-empty"),
-    (b"1\t1\t0\t[]\n", "line 1: scores .* not a non-empty"),
-    (b"1\t5\t0\t[5, 5]\n", "line 1: a score .* outside the -4..4 scale"),
-    (b"1\t2\t0\t[1, 1]\n", "line 1: mean 2.0 differs from the mean of its 2 scores"),
-    (b"1\t1\t0\t[1]\n1\t1\t0\t[1]\n", "id '1' appears more than once"),
-    (b"\r\n", "no ratings"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"1\t0.5\t0.5\t[1, 0]\r\n2\t0.5\t[1, 0]\r\n", "line 2: expected 4 tab-separated fields"),
+        (b"1\tabc\t0.5\t[1]\n", "line 1: mean 'abc'"),
+        (b"1\t1\t0\t[1, 1]\n2\t1\t0\t[1, x]\n", "line 2: scores .* not an integer"),
+        (b"1\t1\t0\t1, 1\n", "line 1: scores .* not a non-empty"),
+        (b"1\t1\t0\t[]\n", "line 1: scores .* not a non-empty"),
+        (b"1\t5\t0\t[5, 5]\n", "line 1: a score .* outside the -4..4 scale"),
+        (b"1\t2\t0\t[1, 1]\n", "line 1: mean 2.0 differs from the mean of its 2 scores"),
+        (b"1\t1\t0\t[1]\n1\t1\t0\t[1]\n", "id '1' appears more than once"),
+        (b"\r\n", "no ratings"),
+    ],
+)
 def test_read_ratings_errors_name_the_line(tmp_path: Path, content: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cleaning.read_ratings(_write(tmp_path, content))
@@ -249,6 +290,7 @@ def test_load_ratings_unknown_domain_lists_valid_ones() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- agreement
+
 
 def naive_alpha(units: list[list[float]]) -> float:
     """Krippendorff's interval alpha straight from the definition, with explicit pair loops."""
@@ -262,8 +304,20 @@ def naive_alpha(units: list[list[float]]) -> float:
 
 # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 observers, 12 units, missing values;
 # the paper gives alpha = 0.849 for interval data (0.743 nominal). Unit 12 has one value and is skipped.
-KRIPPENDORFF_2011 = [[1, 1, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4],
-                     [4, 4, 4, 4], [1, 1, 2, 1], [2, 2, 2, 2], [5, 5, 5], [1, 1], [3]]
+KRIPPENDORFF_2011 = [
+    [1, 1, 1],
+    [2, 2, 3, 2],
+    [3, 3, 3, 3],
+    [3, 3, 3, 3],
+    [2, 2, 2, 2],
+    [1, 2, 3, 4],
+    [4, 4, 4, 4],
+    [1, 1, 2, 1],
+    [2, 2, 2, 2],
+    [5, 5, 5],
+    [1, 1],
+    [3],
+]
 
 
 def test_sign_agreement_hand_examples() -> None:
@@ -334,13 +388,22 @@ def test_alpha_matches_the_krippendorff_package() -> None:
 
 def test_label_disagreement_hand_example() -> None:
     frame = pd.DataFrame({"id": list("abcde"), "text": list("ABCDE"), "label": [1, 1, 0, 1, 0]})
-    ratings = pd.DataFrame({"id": list("edcba"), "scores": [[-1, -1, 0], [1, 1, 0, 0], [-4, 1, 1],
-                                                            [2, 2, 0, 0, 0], [1, 1, 1]]})
+    ratings = pd.DataFrame(
+        {"id": list("edcba"), "scores": [[-1, -1, 0], [1, 1, 0, 0], [-4, 1, 1], [2, 2, 0, 0, 0], [1, 1, 1]]}
+    )
     out = cleaning.label_disagreement(frame, ratings)
     assert list(out["id"]) == ["b", "c", "d"]
     assert list(out["majority"]) == ["neutral", "positive", "tie"]
-    assert list(out.columns) == ["id", "text", "label", "n_raters", "share_negative", "share_neutral",
-                                 "share_positive", "majority"]
+    assert list(out.columns) == [
+        "id",
+        "text",
+        "label",
+        "n_raters",
+        "share_negative",
+        "share_neutral",
+        "share_positive",
+        "majority",
+    ]
     assert out.loc[0, ["share_negative", "share_neutral", "share_positive"]].tolist() == [0.0, 0.6, 0.4]
     with pytest.raises(ValueError, match="have no ratings"):
         cleaning.label_disagreement(frame, ratings.iloc[1:])
@@ -350,10 +413,15 @@ def test_label_disagreement_hand_example() -> None:
 
 # ---------------------------------------------------------------------------------------------- real data
 
+
 def test_real_data_agreement_figures(ratings, movie) -> None:
     """Rater agreement on the real files (run with -rP to see the printed figures)."""
-    expected = {"movie": (0.9038, 0.7983), "amazon": (0.8715, 0.8204), "tweets": (0.8246, 0.7835),
-                "nyt": (0.7086, 0.5323)}
+    expected = {
+        "movie": (0.9038, 0.7983),
+        "amazon": (0.8715, 0.8204),
+        "tweets": (0.8246, 0.7835),
+        "nyt": (0.7086, 0.5323),
+    }
     for domain, frame in ratings.items():
         agreement = cleaning.sign_agreement(frame["scores"])
         alpha = cleaning.krippendorff_alpha_interval(frame["scores"])
@@ -367,8 +435,12 @@ def test_real_data_agreement_figures(ratings, movie) -> None:
 
 def test_real_data_cleaning_and_pii_figures() -> None:
     """Rows each cleaning step changes per domain, and the PII found in the tweets."""
-    changed = {"movie": [22, 2, 273, 620, 0], "amazon": [44, 0, 1, 212, 5], "tweets": [162, 0, 0, 369, 0],
-               "nyt": [8, 0, 541, 9, 0]}
+    changed = {
+        "movie": [22, 2, 273, 620, 0],
+        "amazon": [44, 0, 1, 212, 5],
+        "tweets": [162, 0, 0, 369, 0],
+        "nyt": [8, 0, 541, 9, 0],
+    }
     for domain in data.DOMAINS:
         cleaned, report = cleaning.clean_frame(data.load_domain(domain))
         print(domain, dict(zip(report["step"], report["rows"], strict=True)))

@@ -3,6 +3,7 @@
 Only tiny notebooks are executed (one passing, one failing, two kernel starts each); results go to a tmp
 COURSE_RESULTS, never into the repository's results/.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,21 +32,33 @@ def notebook_root(root: Path, name: str, cells: list) -> Path:
 @pytest.fixture(scope="module")
 def passing_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """notebooks/00_pass.ipynb records figures, including the mode switches it was run with."""
-    return notebook_root(tmp_path_factory.mktemp("passing"), "00_pass", [
-        new_markdown_cell("# Passing"),
-        new_code_cell("import os\nfrom course_utils import report\n"
-                      "report.record('00_pass', {'acc': 0.8312, 'n': 3, 'fast': os.environ['COURSE_FAST'],"
-                      " 'retrain': os.environ.get('COURSE_RETRAIN', '0')})"),
-    ])
+    return notebook_root(
+        tmp_path_factory.mktemp("passing"),
+        "00_pass",
+        [
+            new_markdown_cell("# Passing"),
+            new_code_cell(
+                "import os\nfrom course_utils import report\n"
+                "report.record('00_pass', {'acc': 0.8312, 'n': 3, 'fast': os.environ['COURSE_FAST'],"
+                " 'retrain': os.environ.get('COURSE_RETRAIN', '0')})"
+            ),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def failing_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """notebooks/00_fail.ipynb raises in its third cell."""
-    return notebook_root(tmp_path_factory.mktemp("failing"), "00_fail", [
-        new_markdown_cell("# Failing"), new_code_cell("x = 1"), new_code_cell("raise ValueError('boom on purpose')"),
-        new_code_cell("print('never' + ' reached')"),
-    ])
+    return notebook_root(
+        tmp_path_factory.mktemp("failing"),
+        "00_fail",
+        [
+            new_markdown_cell("# Failing"),
+            new_code_cell("x = 1"),
+            new_code_cell("raise ValueError('boom on purpose')"),
+            new_code_cell("print('never' + ' reached')"),
+        ],
+    )
 
 
 @pytest.fixture()
@@ -67,8 +80,9 @@ def one_error_line(err: str) -> str:
 # ---------------------------------------------------------------- run
 
 
-def test_run_passing_notebook_prints_its_figures(passing_root: Path, results: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_run_passing_notebook_prints_its_figures(
+    passing_root: Path, results: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["run", "--root", str(passing_root), "--only", "00"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -82,9 +96,9 @@ def test_run_passing_notebook_prints_its_figures(passing_root: Path, results: Pa
     assert not (report.repo_root() / "results" / "figures" / "00_pass.json").exists()
 
 
-def test_run_takes_fast_mode_from_any_spelling_config_accepts(passing_root: Path, results: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_run_takes_fast_mode_from_any_spelling_config_accepts(
+    passing_root: Path, results: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("COURSE_FAST", "true")  # `COURSE_FAST=true bash course run` once ran full mode
     assert main(["run", "--root", str(passing_root), "--only", "00"]) == 0
     out, err = capsys.readouterr()
@@ -92,8 +106,9 @@ def test_run_takes_fast_mode_from_any_spelling_config_accepts(passing_root: Path
     assert "running 00_pass.ipynb (fast) ..." in err
 
 
-def test_run_failing_notebook_exits_1_with_the_error(failing_root: Path, results: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_run_failing_notebook_exits_1_with_the_error(
+    failing_root: Path, results: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["--root", str(failing_root), "run", "--only", "00"]) == 1
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -103,16 +118,24 @@ def test_run_failing_notebook_exits_1_with_the_error(failing_root: Path, results
     assert "never reached" not in (results / "executed" / "00_fail.ipynb").read_text()
 
 
-@pytest.mark.parametrize("argv, fragments", [
-    (["run", "--root", "{root}", "--only", "7"], ["no notebook numbered 07 in ", "available: 00"]),
-    (["--root", "{root}", "run", "--only", "7"], ["no notebook numbered 07 in ", "available: 00"]),
-    (["run", "--root", "{root}", "--only", "abc"], ["got 'abc'", "pass the number at the start of the notebook"]),
-    (["bench", "--root", "{root}", "--only", "7", "--modes", "fast"], ["no notebook numbered 07", "available: 00"]),
-    (["run", "--root", "{empty}"], ["no NN_*.ipynb notebooks in ", "pass --root"]),
-])
-def test_bad_notebook_choice_exits_2_with_one_error_line(argv: list[str], fragments: list[str], passing_root: Path,
-                                                         results: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["run", "--root", "{root}", "--only", "7"], ["no notebook numbered 07 in ", "available: 00"]),
+        (["--root", "{root}", "run", "--only", "7"], ["no notebook numbered 07 in ", "available: 00"]),
+        (["run", "--root", "{root}", "--only", "abc"], ["got 'abc'", "pass the number at the start of the notebook"]),
+        (["bench", "--root", "{root}", "--only", "7", "--modes", "fast"], ["no notebook numbered 07", "available: 00"]),
+        (["run", "--root", "{empty}"], ["no NN_*.ipynb notebooks in ", "pass --root"]),
+    ],
+)
+def test_bad_notebook_choice_exits_2_with_one_error_line(
+    argv: list[str],
+    fragments: list[str],
+    passing_root: Path,
+    results: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
     argv = [a.format(root=passing_root, empty=tmp_path / "empty") for a in argv]
     assert main(argv) == 2
     out, err = capsys.readouterr()
@@ -124,8 +147,7 @@ def test_bad_notebook_choice_exits_2_with_one_error_line(argv: list[str], fragme
 # ---------------------------------------------------------------- bench
 
 
-def test_bench_fast_writes_json_and_markdown(passing_root: Path, results: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_bench_fast_writes_json_and_markdown(passing_root: Path, results: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--root", str(passing_root), "--only", "00", "--modes", "fast"]) == 0
     out, err = capsys.readouterr()
     rows = json.loads((results / "benchmark.json").read_text())["rows"]
@@ -160,8 +182,9 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("broken", ["fetch", "extract"])
-def test_prepare_failure_exits_1_with_one_error_line(broken: str, empty_cache: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
+def test_prepare_failure_exits_1_with_one_error_line(
+    broken: str, empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     def fail(name: str) -> Path:
         raise assets.AssetError(f"could not download {name} (test); {assets.PREPARE_HINT}")
 
@@ -172,8 +195,9 @@ def test_prepare_failure_exits_1_with_one_error_line(broken: str, empty_cache: P
     assert "cache:" not in out and " ok " not in out
 
 
-def test_prepare_success_exits_0(empty_cache: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture) -> None:
+def test_prepare_success_exits_0(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     asked = []
 
     def extracted(name: str) -> Path:
@@ -208,18 +232,20 @@ def test_datacard_writes_the_rendered_card_under_root(tmp_path: Path, capsys: py
 # ---------------------------------------------------------------- argument errors
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--bogus"], "python -m course_harness: error: unrecognized arguments: --bogus"),
-    (["bench", "--modes", "slow"], "argument --modes: invalid choice: 'slow'"),
-    (["clean", "--check", "extra"], "python -m course_harness: error: unrecognized arguments: extra"),
-    (["datacard", "--fast"], "python -m course_harness: error: unrecognized arguments: --fast"),
-    (["exercises", "--only", "00"], "python -m course_harness: error: unrecognized arguments: --only 00"),
-    (["prepare", "--bogus"], "python -m course_harness prepare: error: unrecognized arguments: --bogus"),
-    (["--root"], "argument --root: expected one argument"),
-    ([], "the following arguments are required: COMMAND"),
-])
-def test_unknown_arguments_exit_2(argv: list[str], message: str, results: Path,
-                                  capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--bogus"], "python -m course_harness: error: unrecognized arguments: --bogus"),
+        (["bench", "--modes", "slow"], "argument --modes: invalid choice: 'slow'"),
+        (["clean", "--check", "extra"], "python -m course_harness: error: unrecognized arguments: extra"),
+        (["datacard", "--fast"], "python -m course_harness: error: unrecognized arguments: --fast"),
+        (["exercises", "--only", "00"], "python -m course_harness: error: unrecognized arguments: --only 00"),
+        (["prepare", "--bogus"], "python -m course_harness prepare: error: unrecognized arguments: --bogus"),
+        (["--root"], "argument --root: expected one argument"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_unknown_arguments_exit_2(argv: list[str], message: str, results: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
@@ -239,7 +265,8 @@ def test_speed_compares_the_course_loop_with_trainer_and_records_a_row(tmp_path,
     figures = row["figures"]
     assert row["mode"] == "n=64"
     assert figures["ratio_vs_bare"] == pytest.approx(figures["course_loop_s"] / figures["trainer_bare_s"], abs=0.01)
-    assert figures["ratio_vs_same_work"] == pytest.approx(figures["course_loop_s"] / figures["trainer_same_work_s"],
-                                                          abs=0.01)
+    assert figures["ratio_vs_same_work"] == pytest.approx(
+        figures["course_loop_s"] / figures["trainer_same_work_s"], abs=0.01
+    )
     assert 0.3 < figures["course_test_accuracy"] < 0.8 and 0.3 < figures["trainer_test_accuracy"] < 0.8
     assert main(["speed", "--epochs", "0"]) == 2 and "epochs must be >= 1" in capsys.readouterr().err

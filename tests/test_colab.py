@@ -1,5 +1,6 @@
 """Colab: every notebook's install cell and badge come from config.REPO_URL / REPO_REF, and the cell cannot break
 Colab's runtime (it pins what Colab already has, installs only the course, and fails with one clear message)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -67,8 +68,9 @@ def test_install_cell_does_nothing_outside_colab(fake_pip, monkeypatch: pytest.M
     assert fake_pip.calls == []
 
 
-def test_install_cell_installs_only_the_course_keeping_colabs_packages(fake_pip,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_cell_installs_only_the_course_keeping_colabs_packages(
+    fake_pip, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("COURSE_MODE", raising=False)
     run_cell(colab.install_cell(hub=True), monkeypatch, in_colab=True)
     (cmd,) = fake_pip.calls
@@ -95,6 +97,7 @@ def test_a_fork_changes_repo_url_and_ref_in_one_place(tmp_path: Path, monkeypatc
         shutil.copy(ROOT / folder / "00_finetuning.ipynb", tmp_path / folder)
     monkeypatch.setattr(config, "REPO_URL", "https://github.com/someone/course-fork")
     monkeypatch.setattr(config, "REPO_REF", "spring-2027")
+
     def stale() -> list[str]:
         return [line for line in notebooks.clean_all(tmp_path, check=True) if "config.REPO_URL/REPO_REF" in line]
 

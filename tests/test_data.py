@@ -1,4 +1,5 @@
 """Data: domains, the label rule, the committed splits, leakage checks, and learners' own files."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ def test_leakage_report_finds_exact_and_near_duplicates(movie):
     base = movie.iloc[:30].reset_index(drop=True)
     clean = data.Splits(base.iloc[:20], base.iloc[20:25], base.iloc[25:])
     assert data.leakage_report(clean).iloc[:, 1:].to_numpy().sum() == 0
-    exact = base.iloc[[20]].assign(text=base.loc[20, "text"].upper())            # a validation row, shouted
+    exact = base.iloc[[20]].assign(text=base.loc[20, "text"].upper())  # a validation row, shouted
     near = base.iloc[[25]].assign(text=base.loc[25, "text"].rstrip(".!") + " !!")  # a test row, re-punctuated
     dirty = data.Splits(pd.concat([base.iloc[:20], exact, near]), base.iloc[20:25], base.iloc[25:])
     report = data.leakage_report(dirty).set_index("splits")
@@ -88,16 +89,19 @@ def test_load_text_file_reads_csv_and_jsonl(tmp_path):
     assert data.load_text_file(jsonl)["label"].tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("a.csv", "sentence,label\nhi,pos\n", r"a\.csv line 1: no column 'text'.*rename"),
-    ("b.csv", "text,label\nhi,pos\n  ,neg\n", r"b\.csv line 3: empty text; fill it in or delete"),
-    ("c.csv", "text,label\nhi,pos\nho,pos\n", r"c\.csv: only one class \('pos'\)"),
-    ("d.csv", b"text,label\nhi,pos\ncaf\xe9,neg\n", r"d\.csv line 3: byte 0xe9 is not UTF-8; re-save"),
-    ("e.jsonl", '{"text": "hi", "label": 1}\n{"text": "ho", \n', r"e\.jsonl line 2: not valid JSON"),
-    ("f.txt", "text,label\n", r"unsupported file type '\.txt'"),
-    ("g.csv", "text,label\n", r"g\.csv: the file has no rows"),
-    ("h.csv", "text,label\nhi,\n", r"h\.csv line 2: empty label"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("a.csv", "sentence,label\nhi,pos\n", r"a\.csv line 1: no column 'text'.*rename"),
+        ("b.csv", "text,label\nhi,pos\n  ,neg\n", r"b\.csv line 3: empty text; fill it in or delete"),
+        ("c.csv", "text,label\nhi,pos\nho,pos\n", r"c\.csv: only one class \('pos'\)"),
+        ("d.csv", b"text,label\nhi,pos\ncaf\xe9,neg\n", r"d\.csv line 3: byte 0xe9 is not UTF-8; re-save"),
+        ("e.jsonl", '{"text": "hi", "label": 1}\n{"text": "ho", \n', r"e\.jsonl line 2: not valid JSON"),
+        ("f.txt", "text,label\n", r"unsupported file type '\.txt'"),
+        ("g.csv", "text,label\n", r"g\.csv: the file has no rows"),
+        ("h.csv", "text,label\nhi,\n", r"h\.csv line 2: empty label"),
+    ],
+)
 def test_malformed_files_get_errors_naming_file_row_and_fix(tmp_path, name, content, message):
     with pytest.raises(ValueError, match=message):
         data.load_text_file(_write(tmp_path, name, content))

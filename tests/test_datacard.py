@@ -1,4 +1,5 @@
 """The committed data card matches what the data says today."""
+
 from __future__ import annotations
 
 from course_harness import datacard

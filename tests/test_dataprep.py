@@ -1,5 +1,6 @@
 """Chapter 01 experiments: MinHash/LSH against exact Jaccard, leak experiment and its random-removal control, label
 issues, scaling, augmentation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +12,11 @@ from course_utils.baselines import tfidf_baseline
 
 
 def test_minhash_estimate_is_close_to_exact_jaccard():
-    pairs = [("The best film of the year, by far.", "The best film of the year -- by far!"),
-             ("A gorgeous, witty, seductive movie.", "A gorgeous and witty movie."),
-             ("Unwatchable.", "A triumph of modern cinema.")]
+    pairs = [
+        ("The best film of the year, by far.", "The best film of the year -- by far!"),
+        ("A gorgeous, witty, seductive movie.", "A gorgeous and witty movie."),
+        ("Unwatchable.", "A triumph of modern cinema."),
+    ]
     for a, b in pairs:
         m1, m2 = dataprep.minhashes([a, b])
         assert abs(m1.jaccard(m2) - dataprep.jaccard(a, b)) < 0.15  # 128 permutations: std about 0.04
@@ -47,13 +50,18 @@ def test_exact_jaccard_pairs_match_the_pairwise_definition(movie):
     texts += [texts[3] + " !", texts[10].replace(",", "").upper(), " ".join(texts[20].split()[:-2])]
     words = texts[30].split()
     texts += [" ".join(words[:-cut]) for cut in range(1, 8)]  # Jaccard with texts[30] falls through the threshold
-    brute = {(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))
-             if dataprep.jaccard(texts[i], texts[j]) >= 0.6}
+    brute = {
+        (i, j)
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+        if dataprep.jaccard(texts[i], texts[j]) >= 0.6
+    }
     exact = dataprep.exact_jaccard_pairs(texts, threshold=0.6, chunk=7)  # chunks that do not divide the rows
     assert set(zip(exact["i"], exact["j"], strict=True)) == brute and len(brute) >= 3
     assert any(dataprep.jaccard(texts[30], t) < 0.6 for t in texts[83:]), "some truncations fall below"
-    assert exact["jaccard"].to_numpy() == pytest.approx([dataprep.jaccard(texts[i], texts[j])
-                                                         for i, j in zip(exact["i"], exact["j"], strict=True)])
+    assert exact["jaccard"].to_numpy() == pytest.approx(
+        [dataprep.jaccard(texts[i], texts[j]) for i, j in zip(exact["i"], exact["j"], strict=True)]
+    )
     across = dataprep.exact_jaccard_pairs(texts[80:83], texts[:80], threshold=0.6)
     brute_across = {(i, j) for i in range(3) for j in range(80) if dataprep.jaccard(texts[80 + i], texts[j]) >= 0.6}
     assert set(zip(across["i"], across["j"], strict=True)) == brute_across and {(0, 3), (1, 10)} <= brute_across
@@ -71,8 +79,9 @@ def test_lsh_miss_rate_counts_exact_pairs_lsh_did_not_return():
 
 
 def test_random_rows_like_matches_count_and_labels():
-    frame = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": [i % 3 == 0 for i in range(200)]},
-                         index=range(1000, 1200)).astype({"label": int})
+    frame = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(200)], "label": [i % 3 == 0 for i in range(200)]}, index=range(1000, 1200)
+    ).astype({"label": int})
     drop = list(range(1000, 1060))  # 20 of label 1, 40 of label 0: a draw from all rows would hit some of them
     rows = dataprep.random_rows_like(frame, drop, seed=0)
     assert len(rows) == len(drop) and rows.is_unique and rows.isin(frame.index).all()
@@ -159,8 +168,9 @@ def test_group_split_comparison_never_shares_a_movie(movie):
 
 def test_augmentation_experiment_shape(movie):
     frame = data.subsample(movie, 1200, seed=5)
-    out = dataprep.augmentation_experiment(frame.iloc[:900], frame.iloc[900:], {"none": None, "EDA": dataprep.eda},
-                                           n_labelled=200, seeds=(0, 1))
+    out = dataprep.augmentation_experiment(
+        frame.iloc[:900], frame.iloc[900:], {"none": None, "EDA": dataprep.eda}, n_labelled=200, seeds=(0, 1)
+    )
     assert len(out) == 4 and out["accuracy"].between(0.4, 0.9).all()
 
 

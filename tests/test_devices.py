@@ -1,4 +1,5 @@
 """Devices and mixed precision: the choice, its overrides and errors, the cache keys, and no hard-wired device."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,8 +117,9 @@ def test_training_in_bf16_keeps_fp32_weights_and_learns(tmp_path, tiny_splits, t
     torch.manual_seed(0)
     model = modeling.load_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    modeling.train(model, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path, progress=False,
-                   precision="bf16")
+    modeling.train(
+        model, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path, progress=False, precision="bf16"
+    )
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert any((model.state_dict()[k] - v).abs().max() > 0 for k, v in before.items())
     done = (tmp_path / "done.json").read_text()
@@ -127,8 +129,12 @@ def test_training_in_bf16_keeps_fp32_weights_and_learns(tmp_path, tiny_splits, t
 def test_nothing_hard_wires_a_device() -> None:
     """Code places tensors with config.device() or a model's own device, never `.cuda()` or a literal "cuda:0"."""
     pattern = re.compile(r"\.cuda\(|[\"']cuda:\d")
-    places = [*ROOT.glob("course_utils/**/*.py"), *ROOT.glob("course_harness/*.py"), *ROOT.glob("notebooks/*.ipynb"),
-              *ROOT.glob("solutions/*.ipynb")]
+    places = [
+        *ROOT.glob("course_utils/**/*.py"),
+        *ROOT.glob("course_harness/*.py"),
+        *ROOT.glob("notebooks/*.ipynb"),
+        *ROOT.glob("solutions/*.ipynb"),
+    ]
     assert len(places) > 20
     offenders = [str(p.relative_to(ROOT)) for p in places if pattern.search(p.read_text())]
     assert offenders == [], f"use config.device() instead of .cuda() in {offenders}"

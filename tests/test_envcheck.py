@@ -1,4 +1,5 @@
 """The checks of `bash course colab-check` (pip's dry-run report) and `bash course lowest` (bounds actually tested)."""
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,16 @@ def test_above_bounds_flags_versions_the_bound_does_not_describe() -> None:
     bounds = {"torch": Version("2.6"), "numpy": Version("1.26"), "peft": Version("0.13")}
     assert envcheck.above_bounds(bounds, {"torch": "2.6.0+cu124", "numpy": "1.26.0", "peft": "0.13.2"}) == []
     assert envcheck.above_bounds(bounds, {"torch": "2.7.1", "numpy": "1.26.4"}) == [
-        "peft: not installed (bound >=0.13)", "torch: 2.7.1 installed, declared bound >=2.6"]
+        "peft: not installed (bound >=0.13)",
+        "torch: 2.7.1 installed, declared bound >=2.6",
+    ]
 
 
 def test_installed_versions_reads_another_interpreter() -> None:
     found = envcheck.installed_versions(sys.executable)
-    assert found["numpy"] == subprocess.run([sys.executable, "-c", "import numpy; print(numpy.__version__)"],
-                                            capture_output=True, text=True, check=True).stdout.strip()
+    assert (
+        found["numpy"]
+        == subprocess.run(
+            [sys.executable, "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )

@@ -1,4 +1,5 @@
 """Evaluation helpers against scikit-learn and by hand."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,9 @@ def test_classification_metrics_match_sklearn():
 
 
 def test_rank_items_and_confident_errors():
-    scores = pd.DataFrame({"movie_name": list("aaabbbbbcc"), "p_positive": [.9, .9, .9, .5, .6, .7, .8, .9, 1, 1]})
+    scores = pd.DataFrame(
+        {"movie_name": list("aaabbbbbcc"), "p_positive": [0.9, 0.9, 0.9, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1]}
+    )
     ranked = evaluation.rank_items(scores, min_count=3, k=5)
     assert ranked["movie_name"].tolist() == ["a", "b"] and ranked["n"].tolist() == [3, 5]
     with pytest.raises(ValueError, match="needs a column 'movie'"):

@@ -1,6 +1,7 @@
 """The course as an installed package, away from any checkout: build the wheel, install it into a fresh virtual
 environment, and run chapter 00 (fast mode) through the `course` console script from a folder holding only the
 notebook. About 1.5 minutes: the environment reuses this one's dependencies and the cache's checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ CACHED = ("downloads", "assets", "checkpoints", "features")  # shared with the r
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The course's wheel, built from this checkout."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (built,) = out.glob("trustworthy_llm_course-*.whl")
     return built
 
@@ -46,12 +50,21 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # a plain path line: this environment's packages become importable, its .pth files (the editable course) do not run
     (purelib / "_course_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     return env
 
 
@@ -71,12 +84,15 @@ def test_installed_course_runs_chapter_00_from_a_plain_folder(venv: Path, tmp_pa
     (work / "notebooks").mkdir(parents=True)
     shutil.copy(ROOT / "notebooks" / "00_finetuning.ipynb", work / "notebooks")
     env = installed_env(tmp_path)
-    code = ("import json, course_utils, course_harness; from course_utils import config, data\n"
-            "print(json.dumps({'utils': course_utils.__file__, 'harness': course_harness.__file__, "
-            "'checkout': str(config.checkout()), 'results': str(config.results_dir()), "
-            "'test_ids': len(data.split_spec()['test'])}))")
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=work, env=env, check=True,
-                           capture_output=True, text=True)
+    code = (
+        "import json, course_utils, course_harness; from course_utils import config, data\n"
+        "print(json.dumps({'utils': course_utils.__file__, 'harness': course_harness.__file__, "
+        "'checkout': str(config.checkout()), 'results': str(config.results_dir()), "
+        "'test_ids': len(data.split_spec()['test'])}))"
+    )
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], cwd=work, env=env, check=True, capture_output=True, text=True
+    )
     found = json.loads(probe.stdout)
     site = venv.resolve()
     assert Path(found["utils"]).resolve().is_relative_to(site), found  # not the checkout's editable copy
@@ -90,8 +106,9 @@ def test_installed_course_runs_chapter_00_from_a_plain_folder(venv: Path, tmp_pa
         wrong = subprocess.run([course, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
         assert wrong.returncode == 2 and f"no notebook numbered 07 in {work / 'notebooks'}" in wrong.stderr, wrong
 
-    done = subprocess.run([course, "run", "--only", "00"], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run(
+        [course, "run", "--only", "00"], cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| 00_finetuning | ok | " in done.stdout
     figures = json.loads((results / "figures" / "00_finetuning.json").read_text())

@@ -1,4 +1,5 @@
 """Model utilities: config checks, resumable training, safetensors checkpoints, the cache, prediction."""
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,21 @@ def _fresh_model():
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_splits, tokenizer):
     full = _fresh_model()
-    history = modeling.train(full, tokenizer, tiny_splits.train, tiny_splits.validation, TINY,
-                             tmp_path / "full", progress=False)
+    history = modeling.train(
+        full, tokenizer, tiny_splits.train, tiny_splits.validation, TINY, tmp_path / "full", progress=False
+    )
     assert [row["epoch"] for row in history] == [1, 2]
     assert (tmp_path / "full" / "done.json").exists()
 
     part = _fresh_model()
-    modeling.train(part, tokenizer, tiny_splits.train, tiny_splits.validation, TINY,
-                   tmp_path / "cut", progress=False, stop_after=8)  # a disconnect mid-epoch 2
+    modeling.train(
+        part, tokenizer, tiny_splits.train, tiny_splits.validation, TINY, tmp_path / "cut", progress=False, stop_after=8
+    )  # a disconnect mid-epoch 2
     assert not (tmp_path / "cut" / "done.json").exists()
     resumed = _fresh_model()  # a new session: weights come back from the saved state
-    again = modeling.train(resumed, tokenizer, tiny_splits.train, tiny_splits.validation, TINY,
-                           tmp_path / "cut", progress=False)
+    again = modeling.train(
+        resumed, tokenizer, tiny_splits.train, tiny_splits.validation, TINY, tmp_path / "cut", progress=False
+    )
     assert [row["epoch"] for row in again] == [1, 2]
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
@@ -54,13 +58,14 @@ def test_a_real_interruption_resumes_from_the_last_periodic_save(tmp_path, tiny_
     """No forced save at the cut: steps after the last periodic save are replayed and give the same run."""
     cfg = modeling.TrainConfig(batch_size=8, epochs=2, save_every=4, max_length=32, lr=1e-4)  # 6 steps per epoch
     full = _fresh_model()
-    history = modeling.train(full, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "full",
-                             progress=False)
+    history = modeling.train(
+        full, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "full", progress=False
+    )
     real_batches, served = modeling.batches, []
 
     def dropping(*args, **kwargs):
         for batch in real_batches(*args, **kwargs):
-            if len(served) == 9:   # steps 1-9 done; periodic saves at 4 and 8 (and the epoch end at 6)
+            if len(served) == 9:  # steps 1-9 done; periodic saves at 4 and 8 (and the epoch end at 6)
                 raise Disconnect
             served.append(1)
             yield batch
@@ -68,15 +73,24 @@ def test_a_real_interruption_resumes_from_the_last_periodic_save(tmp_path, tiny_
     with monkeypatch.context() as patch:
         patch.setattr(modeling, "batches", dropping)
         with pytest.raises(Disconnect):
-            modeling.train(_fresh_model(), tokenizer, tiny_splits.train, tiny_splits.validation, cfg,
-                           tmp_path / "cut", progress=False)
+            modeling.train(
+                _fresh_model(),
+                tokenizer,
+                tiny_splits.train,
+                tiny_splits.validation,
+                cfg,
+                tmp_path / "cut",
+                progress=False,
+            )
     saved = json.loads((tmp_path / "cut" / "state" / "state.json").read_text())["progress"]
     assert saved["step"] == 8, "the last periodic save, not the step of the cut"
     resumed = _fresh_model()
-    again = modeling.train(resumed, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "cut",
-                           progress=False)
+    again = modeling.train(
+        resumed, tokenizer, tiny_splits.train, tiny_splits.validation, cfg, tmp_path / "cut", progress=False
+    )
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
     def drop_time(rows):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
@@ -88,15 +102,25 @@ def test_a_real_interruption_resumes_from_the_last_periodic_save(tmp_path, tiny_
 
 def test_best_checkpoint_is_safetensors_and_reloads(tmp_path, tiny_splits, tokenizer):
     model = _fresh_model()
-    modeling.train(model, tokenizer, tiny_splits.train, tiny_splits.validation,
-                   modeling.TrainConfig(batch_size=16, epochs=1, max_length=32), tmp_path, progress=False)
+    modeling.train(
+        model,
+        tokenizer,
+        tiny_splits.train,
+        tiny_splits.validation,
+        modeling.TrainConfig(batch_size=16, epochs=1, max_length=32),
+        tmp_path,
+        progress=False,
+    )
     best = tmp_path / "best"
     assert (best / "model.safetensors").exists()
     assert not list(best.glob("*.bin")) and not list(best.glob("*.pt")), "no pickled weights"
     reloaded = modeling.load_model(num_labels=2, source=best)
     texts = tiny_splits.test["text"].tolist()
-    assert torch.allclose(torch.as_tensor(modeling.predict_proba(model, tokenizer, texts)),
-                          torch.as_tensor(modeling.predict_proba(reloaded, tokenizer, texts)), atol=1e-5)
+    assert torch.allclose(
+        torch.as_tensor(modeling.predict_proba(model, tokenizer, texts)),
+        torch.as_tensor(modeling.predict_proba(reloaded, tokenizer, texts)),
+        atol=1e-5,
+    )
     assert not list(tmp_path.glob(".*")), "no temporary folders left behind"
 
 
@@ -127,8 +151,13 @@ def test_predict_on_raw_strings(tokenizer, tiny_splits):
 def test_predict_proba_restores_the_input_order(tokenizer):
     """Length sorting inside predict_proba must not shuffle rows: compare with one text at a time."""
     model = _fresh_model()
-    texts = ["a much longer sentence about a film that goes on and on", "short", "mid length one here", "ok",
-             "another fairly long sentence, with commas, and more words than most"]
+    texts = [
+        "a much longer sentence about a film that goes on and on",
+        "short",
+        "mid length one here",
+        "ok",
+        "another fairly long sentence, with commas, and more words than most",
+    ]
     together = modeling.predict_proba(model, tokenizer, texts, batch_size=2)
     one_by_one = np.concatenate([modeling.predict_proba(model, tokenizer, [t]) for t in texts])
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)

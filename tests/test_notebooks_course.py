@@ -1,4 +1,5 @@
 """The course's own notebooks: clean, exercises in sync with solutions, stubs fail their checks, own data runs."""
+
 from __future__ import annotations
 
 import nbformat
@@ -23,11 +24,17 @@ def test_exercises_are_generated_from_solutions():
 
 def test_exercise_headings_match_solutions():
     for solution in (ROOT / "solutions").glob("*.ipynb"):
-        heads = [c.source.splitlines()[0] for c in notebooks.read_notebook(solution).cells
-                 if c.cell_type == "markdown" and c.source.startswith("## Exercise")]
+        heads = [
+            c.source.splitlines()[0]
+            for c in notebooks.read_notebook(solution).cells
+            if c.cell_type == "markdown" and c.source.startswith("## Exercise")
+        ]
         ex = notebooks.read_notebook(ROOT / "exercises" / solution.name)
-        assert heads and heads == [c.source.splitlines()[0] for c in ex.cells
-                                   if c.cell_type == "markdown" and c.source.startswith("## Exercise")]
+        assert heads and heads == [
+            c.source.splitlines()[0]
+            for c in ex.cells
+            if c.cell_type == "markdown" and c.source.startswith("## Exercise")
+        ]
 
 
 def test_every_notebook_has_a_colab_badge_and_setup():
@@ -41,8 +48,13 @@ def test_stubs_fail_every_self_check(tmp_path):
     """Run the generated exercise notebook: each check cell must fail while the stubs are unfilled."""
     for path in sorted((ROOT / "exercises").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=900,
+            kernel_name="python3",
+            allow_errors=True,
+            resources={"metadata": {"path": str(path.parent)}},
+        ).execute()
         checked = [c for c in nb.cells if c.cell_type == "code" and "checks.check_" in c.source]
         assert checked
         for cell in checked:
@@ -57,11 +69,15 @@ def test_chapter_00_runs_on_your_own_csv(tmp_path, monkeypatch):
     csv_path = tmp_path / "reviews.csv"
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "assets").symlink_to(config.cache_dir() / "assets")  # no second download
-    amazon.assign(label=np.where(amazon["label"] == 1, "good", "bad"))[["text", "label"]].to_csv(csv_path,
-                                                                                             index=False)
-    result = notebooks.run_notebook(ROOT / "notebooks" / "00_finetuning.ipynb",
-                                    env={"COURSE_DATA": str(csv_path), "COURSE_FAST": "1",
-                                         "COURSE_CACHE": str(tmp_path / "cache"),
-                                         "COURSE_RESULTS": str(tmp_path / "results")})
+    amazon.assign(label=np.where(amazon["label"] == 1, "good", "bad"))[["text", "label"]].to_csv(csv_path, index=False)
+    result = notebooks.run_notebook(
+        ROOT / "notebooks" / "00_finetuning.ipynb",
+        env={
+            "COURSE_DATA": str(csv_path),
+            "COURSE_FAST": "1",
+            "COURSE_CACHE": str(tmp_path / "cache"),
+            "COURSE_RESULTS": str(tmp_path / "results"),
+        },
+    )
     assert result.ok, result.error
     assert result.figures["data"] == str(csv_path) and result.figures["train_sentences"] == 72

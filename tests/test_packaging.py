@@ -1,4 +1,5 @@
 """Packaging: pyproject's dependencies and bounds, the hashed lock, environment.yml, the licence, CI's command."""
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """Chapter 02 differential privacy: validation, mechanisms, the RDP accountant against Opacus, DP-SGD."""
+
 from __future__ import annotations
 
 import math
@@ -35,12 +36,24 @@ def tiny_batch() -> tuple[Tiny, torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("check, bad", [
-    (privacy.check_epsilon, 0), (privacy.check_epsilon, -1), (privacy.check_epsilon, math.nan),
-    (privacy.check_epsilon, math.inf), (privacy.check_delta, 0), (privacy.check_delta, 1),
-    (privacy.check_clip_norm, 0), (privacy.check_clip_norm, -0.5), (privacy.check_sample_rate, 0),
-    (privacy.check_sample_rate, 1.5), (privacy.check_noise_multiplier, -0.1), (privacy.default_delta, 1),
-])
+
+@pytest.mark.parametrize(
+    "check, bad",
+    [
+        (privacy.check_epsilon, 0),
+        (privacy.check_epsilon, -1),
+        (privacy.check_epsilon, math.nan),
+        (privacy.check_epsilon, math.inf),
+        (privacy.check_delta, 0),
+        (privacy.check_delta, 1),
+        (privacy.check_clip_norm, 0),
+        (privacy.check_clip_norm, -0.5),
+        (privacy.check_sample_rate, 0),
+        (privacy.check_sample_rate, 1.5),
+        (privacy.check_noise_multiplier, -0.1),
+        (privacy.default_delta, 1),
+    ],
+)
 def test_checks_raise_one_line_naming_the_value(check, bad) -> None:
     with pytest.raises(ValueError, match=f"got {bad}") as info:
         check(bad)
@@ -54,6 +67,7 @@ def test_checks_accept_valid_values() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- mechanisms
+
 
 @pytest.mark.parametrize("epsilon", [0.1, 0.5, 0.9])
 def test_analytic_gaussian_is_below_the_classic_bound(epsilon: float) -> None:
@@ -100,10 +114,14 @@ def test_private_histogram_noise_has_the_calibrated_scale(epsilon) -> None:
     values, bins, truth = np.repeat([0.5, 1.5, 2.5], [100, 200, 300]), [0, 1, 2, 3], np.array([100, 200, 300])
     noise = np.stack([privacy.private_histogram(values, bins, epsilon, rng) - truth for _ in range(20_000)])
     assert np.abs(noise.mean(0)).max() < 0.1 / epsilon
-    assert np.abs(noise).mean() * epsilon == pytest.approx(1.0, rel=0.02)             # Gaussian: 1.13
+    assert np.abs(noise).mean() * epsilon == pytest.approx(1.0, rel=0.02)  # Gaussian: 1.13
     assert noise.std() * epsilon == pytest.approx(math.sqrt(2), rel=0.02)
-    gauss = np.stack([privacy.private_histogram(values, bins, epsilon, rng, mechanism="gaussian", delta=DELTA) - truth
-                      for _ in range(20_000)])
+    gauss = np.stack(
+        [
+            privacy.private_histogram(values, bins, epsilon, rng, mechanism="gaussian", delta=DELTA) - truth
+            for _ in range(20_000)
+        ]
+    )
     assert gauss.std() == pytest.approx(privacy.gaussian_sigma(1.0, epsilon, DELTA), rel=0.02)
     assert np.abs(gauss).mean() / gauss.std() == pytest.approx(math.sqrt(2 / math.pi), rel=0.02)
 
@@ -117,8 +135,12 @@ def test_laplace_privacy_loss_stays_within_epsilon() -> None:
     loss = privacy.empirical_privacy_loss(out_d, out_d_prime, bins)
     assert 0.8 * epsilon < loss <= epsilon + 0.15
     too_little = privacy.laplace_mechanism(np.full(n, count_d_prime), 1.0, 4 * epsilon, rng)  # claims eps=1
-    assert privacy.empirical_privacy_loss(privacy.laplace_mechanism(np.full(n, count_d), 1.0, 4 * epsilon, rng),
-                                          too_little, bins) > 2 * epsilon
+    assert (
+        privacy.empirical_privacy_loss(
+            privacy.laplace_mechanism(np.full(n, count_d), 1.0, 4 * epsilon, rng), too_little, bins
+        )
+        > 2 * epsilon
+    )
     no_noise = privacy.laplace_mechanism(np.full(n, count_d_prime), 1.0, math.inf, rng)
     assert privacy.empirical_privacy_loss(np.full(n, count_d), no_noise, bins) == math.inf
 
@@ -180,6 +202,7 @@ def test_noise_for_epsilon_round_trip() -> None:
 
 # ---------------------------------------------------------------------------------------------- DP-SGD
 
+
 def test_torch_func_per_sample_grads_equal_a_naive_loop(tiny_batch) -> None:
     model, inputs, labels = tiny_batch
     fast = privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, inputs, labels)
@@ -224,7 +247,8 @@ def test_dp_sgd_step_applies_the_clipped_average(tiny_batch) -> None:
     model, inputs, labels = tiny_batch
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     expected = privacy.clip_and_noise(
-        privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, inputs, labels), 0.5, 0.0)
+        privacy.per_sample_grads(model, torch.nn.functional.cross_entropy, inputs, labels), 0.5, 0.0
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = privacy.dp_sgd_step(model, optimizer, torch.nn.functional.cross_entropy, inputs, labels, 0.5, 0.0)
     assert math.isfinite(loss)
@@ -252,10 +276,10 @@ def test_unsupported_layer_check_names_batchnorm() -> None:
 
 def test_composition_and_group_privacy() -> None:
     assert privacy.basic_composition(0.5, 1e-6, 4) == (2.0, 4e-6)
-    assert privacy.group_privacy(0.5, 0.0, 10) == (5.0, 0.0)                       # pure DP: k epsilon
+    assert privacy.group_privacy(0.5, 0.0, 10) == (5.0, 0.0)  # pure DP: k epsilon
     eps, delta = privacy.group_privacy(1.0, 1e-6, 3)
     assert eps == 3.0 and delta == pytest.approx(3 * math.exp(2.0) * 1e-6, rel=1e-12)
-    assert privacy.group_privacy(8.0, 1 / 84_520, 10) == (80.0, 1.0)               # ten copies at eps 8: nothing
+    assert privacy.group_privacy(8.0, 1 / 84_520, 10) == (80.0, 1.0)  # ten copies at eps 8: nothing
     with pytest.raises(ValueError, match="k must be a positive integer"):
         privacy.group_privacy(1.0, 1e-6, 0)
 
@@ -272,7 +296,7 @@ def test_dp_bounds_on_membership_attacks() -> None:
     area = e * x * x / 2 + (1 - x) - (1 - x) ** 2 / (2 * e)
     assert audit.dp_auc_bound(1.0, 0.0) == pytest.approx(area, abs=1e-6)
     assert audit.dp_tpr_bound(0.01, 1.0, 0.0) == pytest.approx(e * 0.01)
-    assert audit.dp_tpr_bound(0.01, 8.0, 1e-5) > 0.999                             # eps 8 allows a near-perfect attack
+    assert audit.dp_tpr_bound(0.01, 8.0, 1e-5) > 0.999  # eps 8 allows a near-perfect attack
     aucs = [audit.dp_auc_bound(eps, 1e-5) for eps in (0.5, 1, 3, 8)]
     assert aucs == sorted(aucs) and aucs[-1] > 0.999
     assert audit.dp_auc_bound(math.inf, 1e-5) == 1.0

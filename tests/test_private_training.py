@@ -1,4 +1,5 @@
 """Chapter 02: private fine-tuning on cached frozen features, the audits, and the position-embedding pitfall."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def test_any_cut_gives_the_same_classifier(encoder, tokenizer, sample) -> None:
 
 
 def test_features_subset_concat_and_batch(encoder, tokenizer, sample) -> None:
-    feats = frozen.encode_frozen(sample["text"].head(6).tolist(), sample["label"].head(6).to_numpy(), 6, encoder,
-                             tokenizer, progress=False)
+    feats = frozen.encode_frozen(
+        sample["text"].head(6).tolist(), sample["label"].head(6).to_numpy(), 6, encoder, tokenizer, progress=False
+    )
     both = frozen.Features.concat(feats.subset([4, 1]), feats.subset([0]))
     hidden, mask, labels = both.batch([0, 1, 2])
     assert hidden.shape == (3, int(mask.sum(1).max()), HIDDEN) and labels.tolist() == feats.labels[[4, 1, 0]].tolist()
@@ -76,8 +78,9 @@ def test_private_training_spends_its_budget_and_returns_a_plain_model(tmp_cache,
     assert 0.0 <= topmodel.accuracy(run.model, feats) <= 1.0
     cached = private_runs.train_cached(feats, cfg, progress=False)
     reloaded = private_runs.train_cached(feats, cfg, progress=False)
-    np.testing.assert_allclose(topmodel.predict_logits(cached.model, feats),
-                               topmodel.predict_logits(reloaded.model, feats))
+    np.testing.assert_allclose(
+        topmodel.predict_logits(cached.model, feats), topmodel.predict_logits(reloaded.model, feats)
+    )
     assert reloaded.epsilon == pytest.approx(cached.epsilon) and reloaded.losses == cached.losses
 
 
@@ -90,12 +93,20 @@ def test_non_private_training_is_reproducible(tmp_cache, sample) -> None:
     assert a.losses[-1] < a.losses[0]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"epsilon": 0}, "epsilon must be > 0"), ({"epsilon": -1}, "epsilon must be > 0"),
-    ({"delta": 1.0}, "delta must be in"), ({"clip_norm": 0}, "clip_norm must be > 0"),
-    ({"frozen_layers": -1}, "frozen_layers must be a non-negative integer"), ({"batch_size": 0}, "batch_size"),
-    ({"lora_rank": -2}, "lora_rank must be a non-negative integer"),
-    ({"lr": 2.0}, "lr must be in"), ({"accountant": "gdp"}, "accountant must be")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epsilon": 0}, "epsilon must be > 0"),
+        ({"epsilon": -1}, "epsilon must be > 0"),
+        ({"delta": 1.0}, "delta must be in"),
+        ({"clip_norm": 0}, "clip_norm must be > 0"),
+        ({"frozen_layers": -1}, "frozen_layers must be a non-negative integer"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lora_rank": -2}, "lora_rank must be a non-negative integer"),
+        ({"lr": 2.0}, "lr must be in"),
+        ({"accountant": "gdp"}, "accountant must be"),
+    ],
+)
 def test_bad_configs_get_one_line_errors(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message) as err:
         pt.DPConfig(**kwargs)
@@ -109,21 +120,24 @@ def test_mismatched_features_and_oversized_batches_are_refused(tmp_cache, sample
     with pytest.raises(ValueError, match="larger than the 20 training examples"):
         pt.train_private(feats, pt.DPConfig(frozen_layers=6, batch_size=64), progress=False)
     with pytest.raises(ValueError, match="cached_features"):
-        private_runs.train_cached(frozen.Features(feats.flat, feats.lengths, feats.labels, 6),
-                                  pt.DPConfig(frozen_layers=6))
+        private_runs.train_cached(
+            frozen.Features(feats.flat, feats.lengths, feats.labels, 6), pt.DPConfig(frozen_layers=6)
+        )
 
 
 def test_position_embeddings_break_per_sample_gradients_until_frozen(tokenizer) -> None:
     model = modeling.load_model()
     texts = ["a fine film", "dull", "the plot goes nowhere at all", "warm and funny"]
     assert privacy.grad_sample_mismatches(model, tokenizer, texts) == {
-        "bert.embeddings.position_embeddings.weight": (1, 512, HIDDEN)}
+        "bert.embeddings.position_embeddings.weight": (1, 512, HIDDEN)
+    }
     model.bert.embeddings.position_embeddings.weight.requires_grad_(False)
     assert privacy.grad_sample_mismatches(model, tokenizer, texts) == {}
     assert not any(getattr(p, "grad_sample", None) is not None for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------- audits
+
 
 def test_loss_attack_metrics() -> None:
     low, high = np.linspace(0.0, 0.4, 100), np.linspace(0.5, 1.0, 100)
@@ -154,8 +168,8 @@ def test_canaries_and_exposure() -> None:
     again = audit.make_canaries(5, 50, seed=1)
     assert again[1].equals(canaries)
     losses = np.arange(1.0, 65.0)
-    assert audit.exposure(1.0, losses) == pytest.approx(6.0)      # rank 1 of 64
-    assert audit.exposure(64.0, losses) == pytest.approx(0.0)     # rank 64 of 64
+    assert audit.exposure(1.0, losses) == pytest.approx(6.0)  # rank 1 of 64
+    assert audit.exposure(64.0, losses) == pytest.approx(0.0)  # rank 64 of 64
     with pytest.raises(ValueError, match="n_canaries"):
         audit.make_canaries(10, 5)
     with pytest.raises(ValueError, match="two candidate"):
@@ -164,8 +178,9 @@ def test_canaries_and_exposure() -> None:
 
 def test_canary_exposures_refuse_unknown_codes(encoder, tokenizer) -> None:
     candidates, canaries = audit.make_canaries(2, 8, seed=0)
-    feats = frozen.encode_frozen(candidates["text"].tolist(), np.zeros(8, dtype=int), 6, encoder, tokenizer,
-                             progress=False)
+    feats = frozen.encode_frozen(
+        candidates["text"].tolist(), np.zeros(8, dtype=int), 6, encoder, tokenizer, progress=False
+    )
     model = topmodel.TopClassifier.from_pretrained(6, encoder=encoder, seed=0)
     got = audit.canary_exposures(model, feats, candidates["code"], canaries)
     assert got.shape == (2,) and ((0 <= got) & (got <= 3)).all()
@@ -176,8 +191,9 @@ def test_canary_exposures_refuse_unknown_codes(encoder, tokenizer) -> None:
 def test_canary_exposures_equal_the_per_canary_definition(encoder, tokenizer) -> None:
     """One forward pass for all canaries must give what the definition gives canary by canary."""
     candidates, canaries = audit.make_canaries(6, 64, seed=4)
-    feats = frozen.encode_frozen(candidates["text"].tolist(), np.zeros(64, dtype=int), 6, encoder, tokenizer,
-                                 progress=False)
+    feats = frozen.encode_frozen(
+        candidates["text"].tolist(), np.zeros(64, dtype=int), 6, encoder, tokenizer, progress=False
+    )
     model = topmodel.TopClassifier.from_pretrained(6, encoder=encoder, seed=3).eval()
     with torch.no_grad():  # a head that separates the candidates, so ranks differ between canaries
         model.classifier.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
@@ -205,8 +221,9 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_cache, sample) -> No
     moved = [name for name, p in run.model.named_parameters() if "lora_B" in name and p.abs().max() > 0]
     assert len(moved) == 2, "peft starts lora_B at zero: both adapters (query, value) must have trained"
     again = private_runs.train_cached(feats, cfg, progress=False)
-    np.testing.assert_allclose(topmodel.predict_logits(again.model, feats), topmodel.predict_logits(run.model, feats),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        topmodel.predict_logits(again.model, feats), topmodel.predict_logits(run.model, feats), atol=1e-6
+    )
     with pytest.raises(ValueError, match="lora_rank needs at least one block on top to adapt; use frozen_layers=5"):
         topmodel.TopClassifier.from_pretrained(6, lora_rank=8)
     with pytest.raises(ValueError, match=r"frozen_layers must be an integer in 0\.\.6 for this 6-block encoder"):

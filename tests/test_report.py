@@ -1,4 +1,5 @@
 """Tests for recording, loading and tabulating notebook figures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,19 +45,29 @@ def test_record_rejects_bad_chapter_names(tmp_path: Path) -> None:
         report.record("../escape", {"x": 1}, tmp_path)
 
 
-@pytest.mark.parametrize("value, text", [
-    (0.8312, "0.831"), (0.831, "0.831"), (5.0, "5.000"), (123.456, "123.5"), (12345.67, "12345.7"),
-    (0.0, "0.000"), (0.00012, "0.00012"), (-2.5, "-2.500"), (7, "7"), ("ok", "ok"), (True, "True"), (None, ""),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.8312, "0.831"),
+        (0.831, "0.831"),
+        (5.0, "5.000"),
+        (123.456, "123.5"),
+        (12345.67, "12345.7"),
+        (0.0, "0.000"),
+        (0.00012, "0.00012"),
+        (-2.5, "-2.500"),
+        (7, "7"),
+        ("ok", "ok"),
+        (True, "True"),
+        (None, ""),
+    ],
+)
 def test_format_value(value: object, text: str) -> None:
     assert report.format_value(value) == text
 
 
 def test_format_table() -> None:
-    rows = [{"notebook": "00_finetuning", "wall_s": 123.456, "acc": 0.8312},
-            {"notebook": "01_a|b", "acc": 1}]
+    rows = [{"notebook": "00_finetuning", "wall_s": 123.456, "acc": 0.8312}, {"notebook": "01_a|b", "acc": 1}]
     assert report.format_table(rows, ["notebook", "wall_s", "acc"]) == (
-        "| notebook | wall_s | acc |\n"
-        "| --- | --- | --- |\n"
-        "| 00_finetuning | 123.5 | 0.831 |\n"
-        "| 01_a\\|b |  | 1 |")
+        "| notebook | wall_s | acc |\n| --- | --- | --- |\n| 00_finetuning | 123.5 | 0.831 |\n| 01_a\\|b |  | 1 |"
+    )

@@ -1,4 +1,5 @@
 """Settings: course_utils/config.py is the only reader of COURSE_* variables, and a bad value gets one line."""
+
 from __future__ import annotations
 
 import ast
@@ -67,8 +68,10 @@ def test_only_config_reads_course_settings() -> None:
         for path in sorted((ROOT / package).rglob("*.py")):
             if path == ROOT / "course_utils" / "config.py":
                 continue
-            offenders += [f"{path.relative_to(ROOT)}:{line}: {code}"
-                          for line, code in course_reads(path.read_text(encoding="utf-8"))]
+            offenders += [
+                f"{path.relative_to(ROOT)}:{line}: {code}"
+                for line, code in course_reads(path.read_text(encoding="utf-8"))
+            ]
     assert not offenders, "read COURSE_* settings through course_utils.config instead:\n" + "\n".join(offenders)
 
 
@@ -99,7 +102,8 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("name, value, allowed", BAD_VALUES)
 def test_a_bad_value_gets_one_line_naming_variable_value_and_allowed_values(
-        name: str, value: str, allowed: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name: str, value: str, allowed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError) as err:
         config.check_settings()
@@ -126,15 +130,20 @@ def test_cache_that_is_a_file_says_so(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(ValueError) as err:
         config.cache_dir()
     message = str(err.value)
-    assert message == (f"COURSE_CACHE={str(target)!r} is a file, not a folder; point COURSE_CACHE at a folder you "
-                       f"can write to, or unset it for ~/.cache/trustworthy-llm, or move that file away")
+    assert message == (
+        f"COURSE_CACHE={str(target)!r} is a file, not a folder; point COURSE_CACHE at a folder you "
+        f"can write to, or unset it for ~/.cache/trustworthy-llm, or move that file away"
+    )
 
 
 def test_cache_that_cannot_be_created_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.raises(ValueError, match=r"^COURSE_CACHE='.*/file/cache' cannot be created \(.+\); point "
-                                         r"COURSE_CACHE at a folder you can write to"):
+    with pytest.raises(
+        ValueError,
+        match=r"^COURSE_CACHE='.*/file/cache' cannot be created \(.+\); point "
+        r"COURSE_CACHE at a folder you can write to",
+    ):
         config.cache_dir()
 
 
@@ -169,14 +178,15 @@ def test_data_and_results_come_from_config(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("command", [["run", "--only", "00"], ["bench", "--only", "00", "--modes", "fast"]])
-def test_cli_stops_on_a_bad_setting_with_one_line(command: list[str], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_cli_stops_on_a_bad_setting_with_one_line(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("COURSE_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("COURSE_DEVICE", "tpu")
     assert main(command) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines() == ["error: COURSE_DEVICE='tpu' is not valid: allowed auto, cpu, cuda, mps; "
-                                "unset it to let the course choose"]
+    assert err.splitlines() == [
+        "error: COURSE_DEVICE='tpu' is not valid: allowed auto, cpu, cuda, mps; unset it to let the course choose"
+    ]
     assert not (tmp_path / "results").exists()

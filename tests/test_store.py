@@ -1,4 +1,5 @@
 """The cache layer: keys change with every argument that changes a result, writes are atomic under failure."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from course_utils import assets, config, frozen, modeling, privacy, private_runs
 from course_utils import private_training as pt
 
 # ---------------------------------------------------------------------------------------------- key()
+
 
 def test_key_tells_apart_types_values_and_order() -> None:
     parts = [1, 1.0, "1", True, None, [1], (1.0,), {"a": 1}, math.inf, Path("1")]
@@ -50,6 +52,7 @@ def test_key_sees_inside_frames_arrays_tensors_modules_and_dataclasses() -> None
 
 # ---------------------------------------------------------------------------------------------- checkpoint key
 
+
 def test_checkpoint_key_changes_with_config_data_labels_and_weights(tiny_splits, monkeypatch) -> None:
     cfg = modeling.TrainConfig(batch_size=16, epochs=1, max_length=32)
     base = modeling.checkpoint_key(cfg, tiny_splits)
@@ -77,6 +80,7 @@ def test_checkpoint_key_changes_with_config_data_labels_and_weights(tiny_splits,
 
 # ---------------------------------------------------------------------------------------------- features / runs
 
+
 @pytest.fixture(scope="module")
 def encoder():
     return modeling.load_model().bert.eval()
@@ -91,26 +95,40 @@ def test_features_key_changes_with_every_argument(movie, encoder, tokenizer) -> 
         changed_encoder.encoder.layer[0].output.dense.bias += 1e-3
     lowercase = modeling.load_tokenizer()
     lowercase.add_tokens(["zzzcoursetoken"])
-    variants = {"texts": frozen.features_key(texts[:4] + ["other"], labels, 5),
-                "labels": frozen.features_key(texts, 1 - labels, 5),
-                "frozen_layers": frozen.features_key(texts, labels, 4),
-                "encoder": frozen.features_key(texts, labels, 5, encoder=changed_encoder),
-                "tokenizer": frozen.features_key(texts, labels, 5, tokenizer=lowercase),
-                "batch_size": frozen.features_key(texts, labels, 5, batch_size=32),
-                "max_length": frozen.features_key(texts, labels, 5, max_length=32)}
+    variants = {
+        "texts": frozen.features_key(texts[:4] + ["other"], labels, 5),
+        "labels": frozen.features_key(texts, 1 - labels, 5),
+        "frozen_layers": frozen.features_key(texts, labels, 4),
+        "encoder": frozen.features_key(texts, labels, 5, encoder=changed_encoder),
+        "tokenizer": frozen.features_key(texts, labels, 5, tokenizer=lowercase),
+        "batch_size": frozen.features_key(texts, labels, 5, batch_size=32),
+        "max_length": frozen.features_key(texts, labels, 5, max_length=32),
+    }
     for name, variant in variants.items():
         assert variant != base, f"{name} must change the features key"
     assert frozen.features_key(texts, labels, 5, encoder=encoder) == frozen.features_key(
-        texts, labels, 5, encoder=modeling.load_model().bert), "the same weights, the same key"
+        texts, labels, 5, encoder=modeling.load_model().bert
+    ), "the same weights, the same key"
 
 
 def test_run_key_changes_with_features_config_and_encoder(encoder, monkeypatch) -> None:
-    feats = frozen.Features(torch.zeros(3, 4, dtype=torch.float16), torch.tensor([1, 2]), torch.tensor([0, 1]), 6,
-                            key="abc")
+    feats = frozen.Features(
+        torch.zeros(3, 4, dtype=torch.float16), torch.tensor([1, 2]), torch.tensor([0, 1]), 6, key="abc"
+    )
     cfg = pt.DPConfig(frozen_layers=6)
     base = private_runs.run_key(feats, cfg)
-    changes = {"epsilon": 3.0, "delta": 1e-6, "frozen_layers": 5, "epochs": 4, "batch_size": 128, "lr": 2e-3,
-               "clip_norm": 0.5, "seed": 1, "accountant": "prv", "lora_rank": 4}
+    changes = {
+        "epsilon": 3.0,
+        "delta": 1e-6,
+        "frozen_layers": 5,
+        "epochs": 4,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "clip_norm": 0.5,
+        "seed": 1,
+        "accountant": "prv",
+        "lora_rank": 4,
+    }
     assert set(changes) == {f.name for f in dataclasses.fields(cfg)}, "a new DPConfig field needs a case here"
     for name, value in changes.items():
         assert private_runs.run_key(feats, dataclasses.replace(cfg, **{name: value})) != base, name
@@ -132,6 +150,7 @@ def test_features_key_of_a_label_change_reaches_the_cache(tmp_cache, movie) -> N
 
 
 # ---------------------------------------------------------------------------------------------- retrain switches
+
 
 def _fake_checkpoint(run_dir, num_labels: int = 2) -> None:
     """A finished run folder, as finetune leaves it, built from the pretrained weights (no training)."""
@@ -182,6 +201,7 @@ def test_retrain_rebuilds_a_cached_private_run(tmp_cache, movie, monkeypatch) ->
 
 
 # ---------------------------------------------------------------------------------------------- atomic writes
+
 
 class Boom(RuntimeError):
     pass

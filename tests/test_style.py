@@ -2,6 +2,7 @@
 
 `ruff format --check` fails until the code has been formatted once with `ruff format` (see CONTRIBUTING.md).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -29,7 +30,8 @@ def test_pre_commit_runs_these_checks_with_the_locked_ruff() -> None:
     found = hooks()
     assert {"ruff-check", "ruff-format", "course-notebooks-clean", "course-exercises-in-sync"} <= set(found)
     assert found["ruff-check"]["rev"] == f"v{importlib.metadata.version('ruff')}", (
-        "set the ruff-pre-commit rev in .pre-commit-config.yaml to the ruff version in requirements-lock.txt")
+        "set the ruff-pre-commit rev in .pre-commit-config.yaml to the ruff version in requirements-lock.txt"
+    )
     assert found["course-notebooks-clean"]["entry"] == "python -m course_harness clean --check"
     assert found["course-exercises-in-sync"]["entry"] == "python -m course_harness exercises --check"
 

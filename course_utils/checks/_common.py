@@ -4,10 +4,11 @@ Each check runs the learner's function on a few cases, compares it with the cour
 `course_utils` function or scikit-learn) and prints one line when all pass. An unfinished stub
 (NotImplementedError) or a wrong answer raises AssertionError with a hint.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -17,8 +18,9 @@ def _call(exercise: str, fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        raise AssertionError(f"Exercise {exercise}: not done yet; replace the `raise NotImplementedError` "
-                             "line with your code") from None
+        raise AssertionError(
+            f"Exercise {exercise}: not done yet; replace the `raise NotImplementedError` line with your code"
+        ) from None
 
 
 def _passed(exercise: str, cases: int) -> None:
@@ -37,16 +39,14 @@ def cmp(name: str, mine, reference, atol: float = 1e-6) -> bool:
     return close
 
 
-
-
 @dataclass(frozen=True)
 class Question:
     """A multiple-choice question: the options, the right one, and why each other one is wrong."""
 
     text: str
-    options: dict[str, str]      # letter -> option
-    correct: str                 # the right letter
-    why: dict[str, str]          # letter -> explanation (the right one's says why it is right)
+    options: dict[str, str]  # letter -> option
+    correct: str  # the right letter
+    why: dict[str, str]  # letter -> explanation (the right one's says why it is right)
 
 
 def show_question(question: Question) -> None:
@@ -62,6 +62,7 @@ def check_choice(exercise: str, question: Question, fn: Callable[[], str]) -> No
     raw = _call(exercise, fn)
     letter = str(raw).strip().strip("()").lower()
     assert letter in question.options, (
-        f"Exercise {exercise}: answer with one of the letters {', '.join(question.options)}, got {raw!r}")
+        f"Exercise {exercise}: answer with one of the letters {', '.join(question.options)}, got {raw!r}"
+    )
     assert letter == question.correct, f"Exercise {exercise}: not ({letter}): {question.why[letter]}"
     print(f"Exercise {exercise}: right, ({letter}). {question.why[letter]}")

@@ -1,8 +1,9 @@
 """Self-checks of chapter 00's exercises (fine-tuning)."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,11 +14,22 @@ from sklearn.metrics import f1_score
 from ..evaluation import confident_errors
 from ._common import Question, _call, _passed
 
-__all__ = ["QUESTIONS", "check_token_lengths", "check_logits_to_labels", "check_macro_f1", "check_mcnemar",
-           "check_confident_errors"]
+__all__ = [
+    "QUESTIONS",
+    "check_token_lengths",
+    "check_logits_to_labels",
+    "check_macro_f1",
+    "check_mcnemar",
+    "check_confident_errors",
+]
 
-SAMPLE_TEXTS = ["A gorgeous, witty, seductive movie.", "Unwatchable.",
-                "The Rock is destined to be the 21st Century's new ''Conan''.", "", "ok " * 80]
+SAMPLE_TEXTS = [
+    "A gorgeous, witty, seductive movie.",
+    "Unwatchable.",
+    "The Rock is destined to be the 21st Century's new ''Conan''.",
+    "",
+    "ok " * 80,
+]
 
 
 def check_token_lengths(fn: Callable, tokenizer) -> None:
@@ -25,7 +37,8 @@ def check_token_lengths(fn: Callable, tokenizer) -> None:
     expected = [len(ids) for ids in tokenizer(SAMPLE_TEXTS, truncation=False)["input_ids"]]
     got = _call("0.1", fn, tokenizer, SAMPLE_TEXTS)
     assert list(map(int, got)) == expected, (
-        f"Exercise 0.1: expected {expected}, got {list(got)}; count special tokens and do not truncate")
+        f"Exercise 0.1: expected {expected}, got {list(got)}; count special tokens and do not truncate"
+    )
     _passed("0.1", len(SAMPLE_TEXTS))
 
 
@@ -37,7 +50,8 @@ def check_logits_to_labels(fn: Callable) -> None:
         got = torch.as_tensor(_call("0.2", fn, logits))
         assert got.shape == (batch,) and torch.equal(got, logits.argmax(dim=-1)), (
             f"Exercise 0.2: wrong labels for logits of shape {(batch, labels)}; take the argmax over the "
-            "label dimension (the last one)")
+            "label dimension (the last one)"
+        )
     try:
         fn(torch.randn(2, 4, 3))
     except ValueError:
@@ -51,12 +65,17 @@ def _macro_f1_hint(y_true, y_pred, got: float) -> str:
     """Name the usual mix-up behind a wrong macro F1: accuracy (= micro F1), class 1 only, weighting, 0/0."""
     if math.isnan(got):
         return "a 0/0 precision or recall gave nan; count it as 0"
-    known = {"that is the accuracy, which equals micro-averaged F1 here; compute F1 per class and average the two":
-             float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-             "that is the F1 of class 1 only; average the F1 of class 0 and of class 1":
-             f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0),
-             "that is weighted by how many rows each class has; macro F1 is the plain mean of the two":
-             f1_score(y_true, y_pred, average="weighted", labels=[0, 1], zero_division=0)}
+    known = {
+        "that is the accuracy, which equals micro-averaged F1 here; compute F1 per class and average the two": float(
+            np.mean(np.asarray(y_true) == np.asarray(y_pred))
+        ),
+        "that is the F1 of class 1 only; average the F1 of class 0 and of class 1": f1_score(
+            y_true, y_pred, average="binary", pos_label=1, zero_division=0
+        ),
+        "that is weighted by how many rows each class has; macro F1 is the plain mean of the two": f1_score(
+            y_true, y_pred, average="weighted", labels=[0, 1], zero_division=0
+        ),
+    }
     for hint, value in known.items():
         if abs(got - value) < 1e-9:
             return hint
@@ -72,23 +91,34 @@ def check_macro_f1(fn: Callable) -> None:
     readings are accepted. Everywhere else all of them agree.
     """
     rng = np.random.default_rng(0)
-    cases = [([0, 1, 1, 0, 1], [0, 1, 0, 0, 1]), ([1, 1, 1, 1], [1, 1, 1, 1]), ([0, 0, 0], [0, 0, 0]),
-             ([0, 0, 1, 1], [1, 1, 1, 1]), ([1, 1, 1, 1], [0, 0, 0, 0])]
+    cases = [
+        ([0, 1, 1, 0, 1], [0, 1, 0, 0, 1]),
+        ([1, 1, 1, 1], [1, 1, 1, 1]),
+        ([0, 0, 0], [0, 0, 0]),
+        ([0, 0, 1, 1], [1, 1, 1, 1]),
+        ([1, 1, 1, 1], [0, 0, 0, 0]),
+    ]
     cases += [(rng.integers(0, 2, 50).tolist(), rng.integers(0, 2, 50).tolist()) for _ in range(3)]
     cases += [((rng.uniform(size=40) < 0.2).astype(int).tolist(), rng.integers(0, 2, 40).tolist())]  # imbalanced
     for y_true, y_pred in cases:
         ref = f1_score(y_true, y_pred, average="macro", labels=[0, 1], zero_division=0)
-        accepted = {ref, f1_score(y_true, y_pred, average="macro", zero_division=0),  # sklearn's defaults
-                    f1_score(y_true, y_pred, average="macro", labels=[0, 1], zero_division=1)}
+        accepted = {
+            ref,
+            f1_score(y_true, y_pred, average="macro", zero_division=0),  # sklearn's defaults
+            f1_score(y_true, y_pred, average="macro", labels=[0, 1], zero_division=1),
+        }
         try:
             got = float(_call("0.3", fn, list(y_true), list(y_pred)))
         except ZeroDivisionError:
-            raise AssertionError(f"Exercise 0.3: y_true={y_true[:6]}..., y_pred={y_pred[:6]}... raised "
-                                 "ZeroDivisionError; a 0/0 precision, recall or F1 counts as 0") from None
+            raise AssertionError(
+                f"Exercise 0.3: y_true={y_true[:6]}..., y_pred={y_pred[:6]}... raised "
+                "ZeroDivisionError; a 0/0 precision, recall or F1 counts as 0"
+            ) from None
         assert any(abs(got - value) < 1e-9 for value in accepted), (
             f"Exercise 0.3: for y_true={y_true[:6]}..., y_pred={y_pred[:6]}... expected "
             f"{' or '.join(f'{v:.4f}' for v in sorted(accepted))}, got {got:.4f}; "
-            + _macro_f1_hint(y_true, y_pred, got))
+            + _macro_f1_hint(y_true, y_pred, got)
+        )
     _passed("0.3", len(cases))
 
 
@@ -114,8 +144,9 @@ def _mcnemar_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         b = np.where(rng.uniform(size=n) < flip_b, 1 - y, y)
         cases.append((y, a, b))
     y = rng.integers(0, 3, 80)
-    cases.append((y, np.where(rng.uniform(size=80) < 0.2, (y + 1) % 3, y), np.where(rng.uniform(size=80) < 0.3,
-                                                                                       (y + 2) % 3, y)))
+    cases.append(
+        (y, np.where(rng.uniform(size=80) < 0.2, (y + 1) % 3, y), np.where(rng.uniform(size=80) < 0.3, (y + 2) % 3, y))
+    )
     return cases
 
 
@@ -131,15 +162,23 @@ def check_mcnemar(fn: Callable) -> None:
         n = len(y)
         if nb + nc and math.isclose(got, binomtest(nb, n, 0.5).pvalue, rel_tol=1e-6):
             hint = "count only the sentences where exactly one model is right; agreements carry no evidence"
-        elif nb + nc and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="greater").pvalue, rel_tol=1e-6) \
-                or nb + nc and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="less").pvalue, rel_tol=1e-6):
+        elif (
+            nb + nc
+            and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="greater").pvalue, rel_tol=1e-6)
+            or nb + nc
+            and math.isclose(got, binomtest(nb, nb + nc, 0.5, alternative="less").pvalue, rel_tol=1e-6)
+        ):
             hint = "test two-sided: either model could be the better one"
         else:
-            hint = ("under 'no difference' each of the b + c discordant sentences is equally likely to favour A or B: "
-                    "p is the two-sided binomial test of b in b + c at 1/2 (exact, not the chi-square "
-                    "approximation); 1.0 when the models never disagree")
-        raise AssertionError(f"Exercise 0.4: {n} sentences, b={nb} (only A right), c={nc} (only B right): expected "
-                             f"p={expected:.4g}, got {got:.4g}; {hint}")
+            hint = (
+                "under 'no difference' each of the b + c discordant sentences is equally likely to favour A or B: "
+                "p is the two-sided binomial test of b in b + c at 1/2 (exact, not the chi-square "
+                "approximation); 1.0 when the models never disagree"
+            )
+        raise AssertionError(
+            f"Exercise 0.4: {n} sentences, b={nb} (only A right), c={nc} (only B right): expected "
+            f"p={expected:.4g}, got {got:.4g}; {hint}"
+        )
     _passed("0.4", len(cases))
 
 
@@ -154,26 +193,39 @@ def check_confident_errors(fn: Callable) -> None:
         got = list(_call("0.5", fn, frame.copy(), probs.copy(), k))
         assert got == expected, (
             f"Exercise 0.5: k={k}: expected {expected[:5]}..., got {got[:5]}...; keep rows where the argmax "
-            "differs from the label, sort by the max probability, highest first")
+            "differs from the label, sort by the max probability, highest first"
+        )
     _passed("0.5", 3)
 
 
 QUESTIONS = {
     "0.6": Question(
         "The seed evaluates a sentence classifier with `outputs.logits.argmax(dim=2)`. Why does it fail?",
-        {"a": "sentence-classification logits are (batch, num_labels): there is no dimension 2",
-         "b": "argmax needs probabilities, so softmax must come first",
-         "c": "dimension 2 holds the tokens, which must be pooled before the argmax"},
+        {
+            "a": "sentence-classification logits are (batch, num_labels): there is no dimension 2",
+            "b": "argmax needs probabilities, so softmax must come first",
+            "c": "dimension 2 holds the tokens, which must be pooled before the argmax",
+        },
         "a",
-        {"a": "Token-tagging logits are (batch, seq_len, num_labels); a sentence classifier's have no sequence axis.",
-         "b": "softmax is monotonic: the argmax of the logits and of the probabilities is the same.",
-         "c": "the model already pooled the tokens (the pooler over [CLS]); its logits have no token axis left."}),
+        {
+            "a": "Token-tagging logits are (batch, seq_len, num_labels); a sentence classifier's have no "
+            "sequence axis.",
+            "b": "softmax is monotonic: the argmax of the logits and of the probabilities is the same.",
+            "c": "the model already pooled the tokens (the pooler over [CLS]); its logits have no token axis left.",
+        },
+    ),
     "0.7": Question(
         "Validation accuracy picked the best of two epochs. Which number do you report as the model's accuracy?",
-        {"a": "the best validation accuracy", "b": "the test accuracy of the checkpoint chosen on validation",
-         "c": "the best test accuracy over the two epochs"},
+        {
+            "a": "the best validation accuracy",
+            "b": "the test accuracy of the checkpoint chosen on validation",
+            "c": "the best test accuracy over the two epochs",
+        },
         "b",
-        {"a": "it was used to choose the checkpoint, so it is biased upwards: a choice made on a set overfits it.",
-         "b": "the test split played no part in any choice, so it estimates accuracy on new sentences.",
-         "c": "choosing the epoch by its test accuracy turns the test split into a validation split: optimistic."}),
+        {
+            "a": "it was used to choose the checkpoint, so it is biased upwards: a choice made on a set overfits it.",
+            "b": "the test split played no part in any choice, so it estimates accuracy on new sentences.",
+            "c": "choosing the epoch by its test accuracy turns the test split into a validation split: optimistic.",
+        },
+    ),
 }

@@ -1,8 +1,9 @@
 """Self-checks of chapter 02's exercises (differential privacy)."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,8 +12,14 @@ from sklearn.metrics import roc_auc_score
 from ..privacy import epsilon_after, group_privacy
 from ._common import Question, _call, _passed
 
-__all__ = ["QUESTIONS", "check_laplace_count", "check_clip_per_example", "check_steps_within", "check_attack_auc",
-           "check_user_level"]
+__all__ = [
+    "QUESTIONS",
+    "check_laplace_count",
+    "check_clip_per_example",
+    "check_steps_within",
+    "check_attack_auc",
+    "check_user_level",
+]
 
 LAPLACE_DRAWS = 20_000  # per epsilon; the std and mean |noise| then sit within 0.8% (one sd) of their values
 # Gaussian noise of the same std sqrt(2)/epsilon has mean |noise| sqrt(2)/epsilon * sqrt(2/pi) = 1.128/epsilon; the
@@ -32,22 +39,26 @@ def check_laplace_count(fn: Callable) -> None:
         draws = np.array([_call("2.1", fn, count, eps, rng) for _ in range(LAPLACE_DRAWS)], dtype=float)
         assert abs(draws.mean() - count) < 0.05 / eps, (
             f"Exercise 2.1: count={count}, epsilon={eps}: the noisy counts average {draws.mean():.2f}; the noise "
-            "must be centred on the true count")
+            "must be centred on the true count"
+        )
         expected_std = math.sqrt(2) / eps
         assert abs(draws.std() / expected_std - 1) < 0.05, (
             f"Exercise 2.1: epsilon={eps}: noise std {draws.std():.3f}, expected sqrt(2)/epsilon = "
-            f"{expected_std:.3f}; use rng.laplace(0, sensitivity / epsilon)")
+            f"{expected_std:.3f}; use rng.laplace(0, sensitivity / epsilon)"
+        )
         mad = float(np.abs(draws - count).mean())
         assert abs(mad * eps - 1) < 0.05, (
             f"Exercise 2.1: epsilon={eps}: mean |noise| {mad:.3f}, expected 1/epsilon = {1 / eps:.3f} for Laplace "
-            f"noise (Gaussian noise of the same std gives {GAUSSIAN_MAD / eps:.3f}); draw rng.laplace(0, 1 / epsilon)")
+            f"noise (Gaussian noise of the same std gives {GAUSSIAN_MAD / eps:.3f}); draw rng.laplace(0, 1 / epsilon)"
+        )
     runs = []
     for _ in range(2):  # two fresh generators with the same seed
         rng = np.random.default_rng(0)
         runs.append([float(fn(50, 0.5, rng)) for _ in range(5)])
     assert runs[0] == runs[1], (
         "Exercise 2.1: two generators made with np.random.default_rng(0) gave different draws; draw the noise from "
-        "the rng you are given, not from np.random or a new generator")
+        "the rng you are given, not from np.random or a new generator"
+    )
     for bad in (0.0, -1.0):
         try:
             fn(10, bad, np.random.default_rng(0))
@@ -57,8 +68,10 @@ def check_laplace_count(fn: Callable) -> None:
             outcome = f"it raised {type(err).__name__}"
         else:
             outcome = "it returned a value"
-        raise AssertionError(f"Exercise 2.1: epsilon={bad} should raise ValueError (no finite noise gives 0-DP, "
-                             f"and epsilon < 0 is meaningless), but {outcome}; check epsilon > 0 first")
+        raise AssertionError(
+            f"Exercise 2.1: epsilon={bad} should raise ValueError (no finite noise gives 0-DP, "
+            f"and epsilon < 0 is meaningless), but {outcome}; check epsilon > 0 first"
+        )
     _passed("2.1", 6)
 
 
@@ -75,10 +88,12 @@ def check_clip_per_example(fn: Callable) -> None:
             expected = g * factor.view(-1, *([1] * (g.dim() - 1)))
             assert got[name].shape == g.shape, (
                 f"Exercise 2.2: {name} should keep shape {tuple(g.shape)} (one clipped gradient per example), got "
-                f"{tuple(got[name].shape)}")
+                f"{tuple(got[name].shape)}"
+            )
             assert torch.allclose(got[name], expected, atol=1e-5), (
                 f"Exercise 2.2: clip={clip}: {name} differs; the norm is over all parameters of one example "
-                "together, and the factor is min(1, C / (norm + 1e-6))")
+                "together, and the factor is min(1, C / (norm + 1e-6))"
+            )
     _passed("2.2", 3)
 
 
@@ -96,8 +111,13 @@ def steps_within_reference(q: float, sigma: float, delta: float, target_eps: flo
     return low
 
 
-STEPS_CASES = [(0.01, 1.0, 1e-5, 2.0), (0.05, 1.1, 1e-5, 8.0), (1.0, 10.0, 1e-5, 3.0), (0.2, 0.8, 1e-5, 0.5),
-               (0.004, 0.7, 1e-6, 3.0)]
+STEPS_CASES = [
+    (0.01, 1.0, 1e-5, 2.0),
+    (0.05, 1.1, 1e-5, 8.0),
+    (1.0, 10.0, 1e-5, 3.0),
+    (0.2, 0.8, 1e-5, 0.5),
+    (0.004, 0.7, 1e-6, 3.0),
+]
 
 
 def check_steps_within(fn: Callable) -> None:
@@ -114,8 +134,10 @@ def check_steps_within(fn: Callable) -> None:
         if expected and got == expected + 1:
             hint = "that is the first step over budget: return the last one within it"
         elif got == int(target / one) or got == round(target / one):
-            hint = ("epsilon does not grow linearly with the steps (RDP composes additively, then converts): "
-                    "search with the accountant itself")
+            hint = (
+                "epsilon does not grow linearly with the steps (RDP composes additively, then converts): "
+                "search with the accountant itself"
+            )
         elif got > expected:
             hint = f"epsilon after {got} steps is {epsilon_after(q, sigma, got, delta):.3f}, over the target"
         else:
@@ -127,14 +149,18 @@ def check_steps_within(fn: Callable) -> None:
 def check_attack_auc(fn: Callable) -> None:
     """Exercise 2.4: the loss attack's AUC as the share of (member, non-member) pairs it orders correctly."""
     rng = np.random.default_rng(4)
-    cases = [(rng.exponential(0.3, 200), rng.exponential(0.5, 150)), (np.array([0.1, 0.2, 0.2]), np.array([0.2, 0.9])),
-             (rng.exponential(1.0, 50), rng.exponential(1.0, 60))]
+    cases = [
+        (rng.exponential(0.3, 200), rng.exponential(0.5, 150)),
+        (np.array([0.1, 0.2, 0.2]), np.array([0.2, 0.9])),
+        (rng.exponential(1.0, 50), rng.exponential(1.0, 60)),
+    ]
     for members, nonmembers in cases:
         expected = roc_auc_score(np.r_[np.ones(len(members)), np.zeros(len(nonmembers))], -np.r_[members, nonmembers])
         got = float(_call("2.4", fn, members.copy(), nonmembers.copy()))
         assert abs(got - expected) < 1e-9, (
             f"Exercise 2.4: expected AUC {expected:.4f}, got {got:.4f}; count pairs where the member's loss is "
-            "lower, ties count one half")
+            "lower, ties count one half"
+        )
     _passed("2.4", 3)
 
 
@@ -158,13 +184,16 @@ def check_user_level(fn: Callable) -> None:
         where = f"Exercise 2.5: epsilon={epsilon}, delta={delta}, k={k}: got ({eps_k:.4g}, {delta_k:.4g})"
         assert math.isclose(eps_k, k * epsilon, rel_tol=1e-9), (
             f"{where}; removing one person's k records is k neighbouring steps, and each step multiplies the "
-            "probability bound by e^epsilon: the person's epsilon is k * epsilon")
+            "probability bound by e^epsilon: the person's epsilon is k * epsilon"
+        )
         low, high = chain_delta(epsilon, delta, k), min(1.0, group_privacy(epsilon, delta, k)[1])
         assert delta_k >= low * (1 - 1e-9), (
             f"{where}; delta grows faster than k * delta: at each step of the chain the delta already added is "
-            f"multiplied by e^epsilon, giving delta * (1 + e^eps + ... + e^((k-1) eps)) = {low:.4g}")
+            f"multiplied by e^epsilon, giving delta * (1 + e^eps + ... + e^((k-1) eps)) = {low:.4g}"
+        )
         assert delta_k <= high * (1 + 1e-9), (
-            f"{where}; that delta is looser than even the textbook bound k e^((k-1) eps) delta = {high:.4g}")
+            f"{where}; that delta is looser than even the textbook bound k e^((k-1) eps) delta = {high:.4g}"
+        )
     _passed("2.5", len(cases))
 
 
@@ -172,19 +201,30 @@ QUESTIONS = {
     "2.6": Question(
         "A model is trained with DP-SGD at (epsilon = 8, delta = 1/(10N)) per sentence. A secret appears in ten "
         "training sentences. What does DP guarantee about the secret?",
-        {"a": "epsilon = 8, like every record", "b": "epsilon = 80 with the same delta",
-         "c": "nothing useful: ten records together are (80, 10 e^72 delta)-DP, and that delta is far above 1"},
+        {
+            "a": "epsilon = 8, like every record",
+            "b": "epsilon = 80 with the same delta",
+            "c": "nothing useful: ten records together are (80, 10 e^72 delta)-DP, and that delta is far above 1",
+        },
         "c",
-        {"a": "DP's unit is one record; a secret written ten times is a group of ten records.",
-         "b": "k epsilon holds for pure DP only; with delta > 0 group privacy multiplies delta by k e^((k-1) eps).",
-         "c": "group privacy: (k eps, k e^((k-1) eps) delta). At eps = 8 and k = 10 the delta term exceeds 1."}),
+        {
+            "a": "DP's unit is one record; a secret written ten times is a group of ten records.",
+            "b": "k epsilon holds for pure DP only; with delta > 0 group privacy multiplies delta by k e^((k-1) eps).",
+            "c": "group privacy: (k eps, k e^((k-1) eps) delta). At eps = 8 and k = 10 the delta term exceeds 1.",
+        },
+    ),
     "2.7": Question(
         "A loss-threshold attack on your epsilon = 8 model reaches ROC AUC 0.51. What can you conclude?",
-        {"a": "the model is in effect private at a much smaller epsilon",
-         "b": "this attack learns little; epsilon = 8 itself allows any attack an AUC up to 0.9997",
-         "c": "epsilon = 8 is stricter than needed and can be raised safely"},
+        {
+            "a": "the model is in effect private at a much smaller epsilon",
+            "b": "this attack learns little; epsilon = 8 itself allows any attack an AUC up to 0.9997",
+            "c": "epsilon = 8 is stricter than needed and can be raised safely",
+        },
         "b",
-        {"a": "an attack gives a lower bound on leakage, never an upper one: a stronger attack may do better.",
-         "b": "DP bounds every attack in the worst case; one attack's result measures that attack on this data.",
-         "c": "a weak attack says nothing about what a larger epsilon would let a stronger one do."}),
+        {
+            "a": "an attack gives a lower bound on leakage, never an upper one: a stronger attack may do better.",
+            "b": "DP bounds every attack in the worst case; one attack's result measures that attack on this data.",
+            "c": "a weak attack says nothing about what a larger epsilon would let a stronger one do.",
+        },
+    ),
 }
