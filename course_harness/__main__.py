@@ -1,4 +1,4 @@
-"""Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard} ...`
+"""Command line: `python -m course_harness {run,bench,speed,exercises,clean,prepare,datacard,federated} ...`
 (or `course ...`)."""
 
 from __future__ import annotations
@@ -93,6 +93,22 @@ def _cmd_datacard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_federated(args: argparse.Namespace) -> int:
+    """Chapter 03's app on Flower's deployment engine: SuperLink + SuperNodes on 127.0.0.1, run, stop everything."""
+    from course_utils import flower_run  # flwr is imported only for this command
+
+    result = flower_run.deploy(
+        {"rounds": args.rounds, "train-size": args.train_size},
+        supernodes=args.supernodes,
+        base_port=args.base_port,
+        log=_log,
+    )
+    for round_, accuracy in sorted(result["accuracy"].items(), key=lambda kv: int(kv[0])):
+        print(f"round {round_}: test accuracy {accuracy:.3f}")
+    print(f"replies per round: {result['replies']}; {result['wall_s']:.0f} s from start to stop, no process left")
+    return 0
+
+
 def default_root() -> Path:
     """The course folder when --root is not given: the working directory if it has notebooks/, else the checkout."""
     cwd = Path.cwd()
@@ -136,6 +152,17 @@ def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentPar
     )
     speed_.add_argument("--train-size", type=int, default=None, help="training sentences (default: all 8,452)")
     speed_.add_argument("--epochs", type=int, default=1, help="epochs for both (default 1)")
+    federated_ = sub.add_parser(
+        "federated",
+        parents=[root_after],
+        help="chapter 03 on Flower's deployment engine: SuperLink and SuperNodes on 127.0.0.1",
+    )
+    federated_.add_argument("--supernodes", type=int, default=2, help="SuperNodes (clients) to start (default 2)")
+    federated_.add_argument("--rounds", type=int, default=2, help="FedAvg rounds (default 2)")
+    federated_.add_argument("--train-size", type=int, default=600, help="training sentences split over the clients")
+    federated_.add_argument(
+        "--base-port", type=int, default=9191, help="SuperLink port; SuperNodes take the next N (default 9191)"
+    )
     for p, handler in (
         (run, _cmd_run),
         (bench_, _cmd_bench),
@@ -144,6 +171,7 @@ def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentPar
         (prepare, _cmd_prepare),
         (datacard, _cmd_datacard),
         (speed_, _cmd_speed),
+        (federated_, _cmd_federated),
     ):
         p.set_defaults(handler=handler)
     return parser

@@ -490,7 +490,129 @@ def test_user_level_check():
     )
 
 
-ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS}
+def test_fedavg_step_check():
+    def reference(g, u, n):
+        w = np.asarray(n, dtype=float) / np.sum(n)
+        return g + w @ np.asarray(u)
+
+    def as_models(g, u, n):  # average the clients' models instead of their updates: the same step
+        models = g[None, :] + np.asarray(u)
+        return np.average(models, axis=0, weights=n)
+
+    assert_judged(
+        checks.check_fedavg_step,
+        reference,
+        [as_models],
+        [
+            ("plain mean", lambda g, u, n: g + np.asarray(u).mean(0)),
+            ("sum to 1", lambda g, u, n: g + (np.asarray(u) * np.asarray(n)[:, None]).sum(0)),
+            ("shape", lambda g, u, n: reference(g, u, n)[None, :]),
+        ],
+    )
+
+
+def test_trimmed_mean_check():
+    def reference(u, trim):
+        cut = int(trim * len(u))
+        return np.sort(u, axis=0)[cut : len(u) - cut].mean(0)
+
+    def with_scipy(u, trim):
+        return stats.trim_mean(np.asarray(u), trim, axis=0)
+
+    def by_norm(u, trim):
+        cut = int(trim * len(u))
+        keep = np.argsort(np.linalg.norm(u, axis=1))[: len(u) - 2 * cut]
+        return np.asarray(u)[keep].mean(0)
+
+    assert_judged(
+        checks.check_trimmed_mean,
+        reference,
+        [with_scipy],
+        [
+            ("whole clients by norm", by_norm),
+            ("BOTH ends", lambda u, t: np.sort(u, axis=0)[: len(u) - int(t * len(u))].mean(0)),
+            ("drop floor", lambda u, t: np.median(u, axis=0)),
+        ],
+    )
+
+
+def test_dp_fedavg_check():
+    def reference(u, c, s, m, rng):
+        u = np.asarray(u)
+        clipped = u * np.minimum(1.0, c / np.linalg.norm(u, axis=1, keepdims=True))
+        return (clipped.sum(0) + rng.normal(0, s * c, u.shape[1])) / m
+
+    def loop(u, c, s, m, rng):
+        total = sum(x * min(1.0, c / float(np.linalg.norm(x))) for x in np.asarray(u))
+        return (total + s * c * rng.standard_normal(len(total))) / m
+
+    def actual_count(u, c, s, m, rng):
+        return reference(u, c, s, len(u), rng)
+
+    def per_coordinate(u, c, s, m, rng):
+        return (np.clip(u, -c, c).sum(0) + rng.normal(0, s * c, np.shape(u)[1])) / m
+
+    def noise_per_client(u, c, s, m, rng):
+        u = np.asarray(u)
+        clipped = u * np.minimum(1.0, c / np.linalg.norm(u, axis=1, keepdims=True))
+        return (clipped + rng.normal(0, s * c, u.shape)).sum(0) / m
+
+    own = np.random.default_rng(99)
+    assert_judged(
+        checks.check_dp_fedavg,
+        reference,
+        [loop],
+        [
+            ("EXPECTED number of clients", actual_count),
+            ("whole update by its L2 norm", per_coordinate),
+            ("ONCE to the sum", noise_per_client),
+            ("the rng you are given", lambda u, c, s, m, rng: reference(u, c, s, m, own)),
+        ],
+    )
+
+
+def test_pairwise_masks_check():
+    def reference(streams, n):
+        size = next(iter(streams.values())).size
+        masks = [np.zeros(size, dtype=np.uint64) for _ in range(n)]
+        for (i, j), s in streams.items():
+            masks[i] = masks[i] + s
+            masks[j] = masks[j] - s
+        return masks
+
+    def per_client(streams, n):  # the other sign convention is wrong for the check only if it breaks the rule
+        out = []
+        for me in range(n):
+            m = np.zeros(next(iter(streams.values())).size, dtype=np.uint64)
+            for j in range(n):
+                if j > me:
+                    m = m + streams[(me, j)]
+                elif j < me:
+                    m = m - streams[(j, me)]
+            out.append(m)
+        return out
+
+    def both_add(streams, n):  # each client adds the streams of its pairs: nothing cancels
+        size = next(iter(streams.values())).size
+        return [sum((s for pair, s in streams.items() if me in pair), np.zeros(size, np.uint64)) for me in range(n)]
+
+    def last_balances(streams, n):  # sums to zero, but clients 0 and n-1 would need everyone's streams
+        total = sum(streams.values(), np.zeros(next(iter(streams.values())).size, np.uint64))
+        return [total] + [np.zeros_like(total)] * (n - 2) + [np.uint64(0) - total]
+
+    assert_judged(
+        checks.check_pairwise_masks,
+        reference,
+        [per_client],
+        [
+            ("one client adds the stream and the other subtracts", both_add),
+            ("only the streams of its own pairs", last_balances),
+            ("return a list of 3 masks", lambda s, n: reference(s, n)[:-1]),
+        ],
+    )
+
+
+ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS, **checks.ch03.QUESTIONS}
 
 
 @pytest.mark.parametrize("exercise", sorted(ALL_QUESTIONS))
@@ -499,8 +621,8 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2"}[
-            next(name for name in ("ch00", "ch01", "ch02") if exercise in getattr(checks, name).QUESTIONS)
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3"}[
+            next(name for name in ("ch00", "ch01", "ch02", "ch03") if exercise in getattr(checks, name).QUESTIONS)
         ]
     )
     for written in (question.correct, question.correct.upper(), f"({question.correct})", f" {question.correct} "):
