@@ -10,6 +10,7 @@ pretrained part is the same on every machine.
 The aggregators are written out here to teach them and are tested equal to Flower's (`flwr.server.strategy.aggregate`);
 `flower_app` runs the same client and server logic on Flower's engines. `run_cached` stores runs with `store`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,13 +40,16 @@ State = dict[str, torch.Tensor]  # trainable parameters by name
 
 # ---------------------------------------------------------------------------------------------- partitions
 
+
 def _check_clients(num_clients: int, n: int) -> int:
     """num_clients must be an integer in 1..n (every client needs at least one example)."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
         raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
     if num_clients > n:
-        raise ValueError(f"{num_clients} clients but only {n} examples: every client needs at least one; use at most "
-                         f"{n} clients or more data")
+        raise ValueError(
+            f"{num_clients} clients but only {n} examples: every client needs at least one; use at most "
+            f"{n} clients or more data"
+        )
     return int(num_clients)
 
 
@@ -92,32 +96,38 @@ def partition_by_group(groups) -> tuple[list[np.ndarray], list[str]]:
 def partition_table(parts: list[np.ndarray], labels) -> pd.DataFrame:
     """Rows and share of positive labels per client: what the partition plots show."""
     labels = np.asarray(labels)
-    return pd.DataFrame({"examples": [len(p) for p in parts],
-                         "positive share": [float(labels[p].mean()) if len(p) else math.nan for p in parts]})
+    return pd.DataFrame(
+        {
+            "examples": [len(p) for p in parts],
+            "positive share": [float(labels[p].mean()) if len(p) else math.nan for p in parts],
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------- configuration
+
 
 @dataclass(frozen=True)
 class FedConfig:
     """One federated run. Compute per round = sampled clients x local_epochs passes over their rows."""
 
     rounds: int = 20
-    fraction: float = 1.0            # share of clients sampled each round, in (0, 1]
+    fraction: float = 1.0  # share of clients sampled each round, in (0, 1]
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 0.5                  # clients' SGD learning rate
-    mu: float = 0.0                  # FedProx: weight of (mu / 2) ||w - w_global||^2 in the local loss
+    lr: float = 0.5  # clients' SGD learning rate
+    mu: float = 0.0  # FedProx: weight of (mu / 2) ||w - w_global||^2 in the local loss
     server_lr: float = 1.0
-    server_momentum: float = 0.0     # FedAvgM: v = beta v + update; w += server_lr v
-    aggregator: str = "mean"         # mean (FedAvg, weighted by client size), median, trimmed, krum
-    trim: float = 0.1                # trimmed mean: share cut at each end
-    byzantine: int = 1               # Krum: how many malicious clients it tolerates
-    attack: str = "none"             # none, flip (labels), scale (update times attack_scale)
+    server_momentum: float = 0.0  # FedAvgM: v = beta v + update; w += server_lr v
+    scaffold: bool = False  # SCAFFOLD: control variates correct each client's gradient for drift
+    aggregator: str = "mean"  # mean (FedAvg, weighted by client size), median, trimmed, krum
+    trim: float = 0.1  # trimmed mean: share cut at each end
+    byzantine: int = 1  # Krum: how many malicious clients it tolerates
+    attack: str = "none"  # none, flip (labels), scale (update times attack_scale)
     attackers: tuple[int, ...] = ()  # client ids that attack
     attack_scale: float = -10.0
-    clip: float = 0.0                # DP-FedAvg: clip each update to this L2 norm (0: no clipping)
-    noise_multiplier: float = 0.0    # DP-FedAvg: noise std = noise_multiplier * clip on the sum; Poisson sampling
+    clip: float = 0.0  # DP-FedAvg: clip each update to this L2 norm (0: no clipping)
+    noise_multiplier: float = 0.0  # DP-FedAvg: noise std = noise_multiplier * clip on the sum; Poisson sampling
     frozen_layers: int = 6
     lora_rank: int = 0
     seed: int = 0
@@ -128,8 +138,10 @@ class FedConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FedConfig.{name} must be a positive integer, got {value!r}")
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}; it is the share of clients sampled "
-                             "each round (1.0 = all)")
+            raise ValueError(
+                f"fraction must be in (0, 1], got {self.fraction!r}; it is the share of clients sampled "
+                "each round (1.0 = all)"
+            )
         if not isinstance(self.mu, (int, float)) or not 0 <= self.mu < math.inf:
             raise ValueError(f"mu must be >= 0, got {self.mu!r}; 0 is plain FedAvg, try 0.01 to 1 for FedProx")
         if not 0 < self.lr < math.inf or not 0 < self.server_lr < math.inf:
@@ -142,9 +154,16 @@ class FedConfig:
             raise ValueError(f"trim must be in [0, 0.5), got {self.trim!r}; 0.1 cuts 10% at each end")
         if self.attack not in ATTACKS:
             raise ValueError(f"attack must be one of {ATTACKS}, got {self.attack!r}")
+        if self.scaffold and (self.clip > 0 or self.aggregator != "mean" or self.server_momentum > 0):
+            raise ValueError(
+                "scaffold=True works with the plain mean only: set clip=0, aggregator='mean' and "
+                "server_momentum=0, or scaffold=False"
+            )
         if self.clip < 0 or self.noise_multiplier < 0 or (self.noise_multiplier > 0 and self.clip == 0):
-            raise ValueError(f"DP-FedAvg needs clip > 0 and noise_multiplier >= 0, got clip={self.clip!r}, "
-                             f"noise_multiplier={self.noise_multiplier!r}; set clip to bound each update's norm")
+            raise ValueError(
+                f"DP-FedAvg needs clip > 0 and noise_multiplier >= 0, got clip={self.clip!r}, "
+                f"noise_multiplier={self.noise_multiplier!r}; set clip to bound each update's norm"
+            )
 
     @property
     def private(self) -> bool:
@@ -152,6 +171,7 @@ class FedConfig:
 
 
 # ---------------------------------------------------------------------------------------------- parameters
+
 
 def trainable_state(model: torch.nn.Module) -> State:
     """A copy of the parameters that train (and travel): the head, adapters or top block."""
@@ -177,7 +197,7 @@ def unflatten(vector: torch.Tensor, like: State) -> State:
     out, start = {}, 0
     for name in sorted(like):
         size = like[name].numel()
-        out[name] = vector[start:start + size].reshape(like[name].shape).to(like[name].dtype)
+        out[name] = vector[start : start + size].reshape(like[name].shape).to(like[name].dtype)
         start += size
     if start != vector.numel():
         raise ValueError(f"vector has {vector.numel()} numbers but the state needs {start}")
@@ -191,16 +211,28 @@ def state_bytes(state: State) -> int:
 
 def new_model(cfg: FedConfig, encoder=None) -> TopClassifier:
     """The model every client and the server start from (same seed: same head)."""
-    return TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed,
-                                         lora_rank=cfg.lora_rank).to(config.device())
+    return TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank).to(
+        config.device()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- client
 
-def local_train(model: TopClassifier, feats: Features, global_state: State, cfg: FedConfig, seed: int,
-                flip_labels: bool = False, epochs: int | None = None) -> tuple[State, float]:
+
+def local_train(
+    model: TopClassifier,
+    feats: Features,
+    global_state: State,
+    cfg: FedConfig,
+    seed: int,
+    flip_labels: bool = False,
+    epochs: int | None = None,
+    correction: State | None = None,
+) -> tuple[State, float]:
     """One client's work: start from the global state, run SGD for `epochs` (default cfg.local_epochs) on its rows
-    (FedProx term if cfg.mu > 0), return (update = new - global, mean loss). Seeded: same seed, same update."""
+    (FedProx term if cfg.mu > 0), return (update = new - global, mean loss). Seeded: same seed, same update.
+
+    `correction` (SCAFFOLD: the server's control variate minus the client's, c - c_i) is added to every gradient."""
     load_trainable(model, global_state).train()
     torch.manual_seed(seed)  # dropout draws
     generator = torch.Generator().manual_seed(seed)
@@ -211,7 +243,7 @@ def local_train(model: TopClassifier, feats: Features, global_state: State, cfg:
     for _ in range(cfg.local_epochs if epochs is None else epochs):
         order = torch.randperm(len(feats), generator=generator)
         for start in range(0, len(order), cfg.batch_size):
-            hidden, mask, labels = feats.batch(order[start:start + cfg.batch_size], where)
+            hidden, mask, labels = feats.batch(order[start : start + cfg.batch_size], where)
             if flip_labels:
                 labels = 1 - labels
             loss = torch.nn.functional.cross_entropy(model(hidden, mask), labels)
@@ -219,6 +251,10 @@ def local_train(model: TopClassifier, feats: Features, global_state: State, cfg:
             if cfg.mu > 0:
                 loss = loss + cfg.mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
             loss.backward()
+            if correction is not None:
+                for name, p in model.named_parameters():
+                    if p.requires_grad:
+                        p.grad.add_(correction[name].to(p.device))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     new = trainable_state(model)
@@ -231,6 +267,7 @@ def client_seed(seed: int, round_: int, client: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- server
+
 
 def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator, poisson: bool = False) -> list[int]:
     """Clients of one round: round(fraction K) at random (at least 1), or each with probability `fraction`."""
@@ -258,15 +295,15 @@ def trimmed_mean(updates: torch.Tensor, trim: float) -> torch.Tensor:
     k = updates.shape[0]
     cut = int(trim * k)
     ordered = updates.sort(dim=0).values
-    return ordered[cut:k - cut].mean(0)
+    return ordered[cut : k - cut].mean(0)
 
 
 def krum(updates: torch.Tensor, byzantine: int) -> torch.Tensor:
     """Krum: the update whose K - f - 2 nearest others are closest (sum of squared distances) (Blanchard 2017)."""
     k = updates.shape[0]
-    distances = torch.cdist(updates.double(), updates.double()) ** 2     # (K, K)
+    distances = torch.cdist(updates.double(), updates.double()) ** 2  # (K, K)
     nearest = max(1, k - byzantine - 2)
-    scores = distances.sort(dim=1).values[:, 1:nearest + 1].sum(1)      # skip the distance to itself
+    scores = distances.sort(dim=1).values[:, 1 : nearest + 1].sum(1)  # skip the distance to itself
     return updates[int(scores.argmin())]
 
 
@@ -286,8 +323,9 @@ def clip_update(update: torch.Tensor, clip: float) -> torch.Tensor:
     return update * min(1.0, clip / (float(update.norm()) + 1e-12))
 
 
-def dp_aggregate(updates: torch.Tensor, clip: float, noise_multiplier: float, expected_clients: float,
-                 generator: torch.Generator) -> torch.Tensor:
+def dp_aggregate(
+    updates: torch.Tensor, clip: float, noise_multiplier: float, expected_clients: float, generator: torch.Generator
+) -> torch.Tensor:
     """DP-FedAvg (McMahan et al. 2018): clip each update, sum, add N(0, (sigma clip)^2), divide by the EXPECTED
     number of clients qK (a fixed denominator, so one client changes the sum by at most `clip`)."""
     clipped = torch.stack([clip_update(u, clip) for u in updates]) if len(updates) else torch.zeros(0)
@@ -309,6 +347,7 @@ def drift(updates: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
+
 def evaluate(model: torch.nn.Module, test: Features) -> tuple[float, np.ndarray]:
     """(accuracy, (C,) accuracy on the test rows of each class) of the model."""
     pred = predict_logits(model, test).argmax(1)
@@ -329,6 +368,7 @@ def label_shares(clients: list[Features], num_labels: int = 2) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
+
 @dataclass
 class FedRun:
     """A finished run: the global trainable state, the model holding it, and one row of metrics per round."""
@@ -337,7 +377,7 @@ class FedRun:
     model: TopClassifier
     config: FedConfig
     history: pd.DataFrame
-    client_accuracy: np.ndarray          # (evaluated rounds, K)
+    client_accuracy: np.ndarray  # (evaluated rounds, K)
     epsilon: float = math.inf
     seconds: float = 0.0
     failures: list[tuple[int, int, str]] = field(default_factory=list)  # (round, client, what)
@@ -369,23 +409,37 @@ def call_with_timeout(fn, timeout: float | None):
     return box["value"]
 
 
-def _client_update(model, feats, global_state, cfg, round_, client, fault):
+def _client_update(model, feats, global_state, cfg, round_, client, fault, correction=None):
     """One client's (update, loss), with the attack or the injected fault it is configured for."""
     if fault == "crash":
         raise RuntimeError(f"client {client} crashed")
     if fault == "timeout":
         time.sleep(3600)
     attacking = client in cfg.attackers
-    update, loss = local_train(model, feats, global_state, cfg, client_seed(cfg.seed, round_, client),
-                               flip_labels=attacking and cfg.attack == "flip")
+    update, loss = local_train(
+        model,
+        feats,
+        global_state,
+        cfg,
+        client_seed(cfg.seed, round_, client),
+        flip_labels=attacking and cfg.attack == "flip",
+        correction=correction,
+    )
     if attacking and cfg.attack == "scale":
         update = {n: v * cfg.attack_scale for n, v in update.items()}
     return update, loss
 
 
-def run_federated(clients: list[Features], test: Features, cfg: FedConfig, progress: bool = True,
-                  eval_every: int = 1, faults: dict[int, str] | None = None, timeout: float | None = None,
-                  encoder=None) -> FedRun:
+def run_federated(
+    clients: list[Features],
+    test: Features,
+    cfg: FedConfig,
+    progress: bool = True,
+    eval_every: int = 1,
+    faults: dict[int, str] | None = None,
+    timeout: float | None = None,
+    encoder=None,
+) -> FedRun:
     """Federated training of `clients` (one Features each), scored on `test` every `eval_every` rounds.
 
     faults maps a client id to "crash" (its training raises) or "timeout" (it never answers; needs `timeout`
@@ -395,8 +449,10 @@ def run_federated(clients: list[Features], test: Features, cfg: FedConfig, progr
         raise ValueError("no clients; pass a list with one Features per client")
     for c in clients:
         if c.frozen_layers != cfg.frozen_layers:
-            raise ValueError(f"client features are cut after block {c.frozen_layers} but the config trains from "
-                             f"block {cfg.frozen_layers + 1}; encode them with frozen_layers={cfg.frozen_layers}")
+            raise ValueError(
+                f"client features are cut after block {c.frozen_layers} but the config trains from "
+                f"block {cfg.frozen_layers + 1}; encode them with frozen_layers={cfg.frozen_layers}"
+            )
     faults = faults or {}
     if any(f == "timeout" for f in faults.values()) and timeout is None:
         raise ValueError("a 'timeout' fault never answers: pass timeout=SECONDS so the server stops waiting")
@@ -408,15 +464,19 @@ def run_federated(clients: list[Features], test: Features, cfg: FedConfig, progr
     rng = np.random.default_rng(cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     velocity = torch.zeros(sum(v.numel() for v in like.values()))
+    control, client_control = torch.zeros_like(velocity), {}  # SCAFFOLD: server's c and each client's c_i
     rows, per_client, failures = [], [], []
     start = time.perf_counter()
     for round_ in tqdm(range(1, cfg.rounds + 1), desc="federated rounds", disable=not progress, leave=False):
         chosen = sample_clients(len(clients), cfg.fraction, rng, poisson=cfg.private)
-        updates, weights, losses = [], [], []
+        updates, weights, losses, control_steps = [], [], [], []
         for client in chosen:
+            mine = client_control.get(client, torch.zeros_like(control))
+            correction = unflatten(control - mine, like) if cfg.scaffold else None
             try:
-                work = functools.partial(_client_update, model, clients[client], state, cfg, round_, client,
-                                         faults.get(client))
+                work = functools.partial(
+                    _client_update, model, clients[client], state, cfg, round_, client, faults.get(client), correction
+                )
                 update, loss = call_with_timeout(work, timeout)
             except (RuntimeError, TimeoutError) as err:
                 failures.append((round_, client, f"{type(err).__name__}: {err}"))
@@ -424,22 +484,37 @@ def run_federated(clients: list[Features], test: Features, cfg: FedConfig, progr
             updates.append(flatten(update))
             weights.append(sizes[client])
             losses.append(loss)
+            if cfg.scaffold:  # option II of Karimireddy et al.: c_i+ = c_i - c - update / (local steps x lr)
+                steps = cfg.local_epochs * math.ceil(len(clients[client]) / cfg.batch_size)
+                client_control[client] = mine - control - updates[-1] / (steps * cfg.lr)
+                control_steps.append(client_control[client] - mine)
         stacked = torch.stack(updates) if updates else torch.zeros(0, len(velocity))
         if cfg.clip > 0:
-            step = dp_aggregate(stacked, cfg.clip, cfg.noise_multiplier, cfg.fraction * len(clients), noise_gen) \
-                if cfg.private else fedavg(torch.stack([clip_update(u, cfg.clip) for u in stacked]), weights)
+            step = (
+                dp_aggregate(stacked, cfg.clip, cfg.noise_multiplier, cfg.fraction * len(clients), noise_gen)
+                if cfg.private
+                else fedavg(torch.stack([clip_update(u, cfg.clip) for u in stacked]), weights)
+            )
         elif updates:
             step = aggregate(stacked, weights, cfg)
         else:
             step = torch.zeros_like(velocity)
         velocity = cfg.server_momentum * velocity + step
+        if control_steps:  # c += (|S| / N) mean(delta c_i)
+            control = control + len(control_steps) / len(clients) * torch.stack(control_steps).mean(0)
         flat = flatten(state) + cfg.server_lr * velocity
         state = {n: v.to(config.device()) for n, v in unflatten(flat, like).items()}
-        row = {"round": round_, "clients": len(chosen), "failed": len(chosen) - len(updates),
-               "train loss": float(np.mean(losses)) if losses else math.nan,
-               "bytes down": state_bytes(like) * len(chosen), "bytes up": state_bytes(like) * len(updates),
-               "drift": float(drift(stacked).mean()) if len(updates) > 1 else 0.0,
-               "update norm": float(stacked.norm(dim=1).mean()) if updates else 0.0, "accuracy": math.nan}
+        row = {
+            "round": round_,
+            "clients": len(chosen),
+            "failed": len(chosen) - len(updates),
+            "train loss": float(np.mean(losses)) if losses else math.nan,
+            "bytes down": state_bytes(like) * len(chosen) * (2 if cfg.scaffold else 1),
+            "bytes up": state_bytes(like) * len(updates) * (2 if cfg.scaffold else 1),
+            "drift": float(drift(stacked).mean()) if len(updates) > 1 else 0.0,
+            "update norm": float(stacked.norm(dim=1).mean()) if updates else 0.0,
+            "accuracy": math.nan,
+        }
         if round_ % eval_every == 0 or round_ == cfg.rounds:
             load_trainable(model, state)
             row["accuracy"], class_acc = evaluate(model, test)
@@ -447,8 +522,16 @@ def run_federated(clients: list[Features], test: Features, cfg: FedConfig, progr
         rows.append(row)
     load_trainable(model, state).eval()
     epsilon = dp_epsilon(cfg.fraction, cfg.noise_multiplier, cfg.rounds, len(clients)) if cfg.private else math.inf
-    return FedRun(state, model, cfg, pd.DataFrame(rows).set_index("round"), np.array(per_client), epsilon,
-                  time.perf_counter() - start, failures)
+    return FedRun(
+        state,
+        model,
+        cfg,
+        pd.DataFrame(rows).set_index("round"),
+        np.array(per_client),
+        epsilon,
+        time.perf_counter() - start,
+        failures,
+    )
 
 
 def equal_compute_epochs(cfg: FedConfig) -> int:
@@ -459,8 +542,14 @@ def equal_compute_epochs(cfg: FedConfig) -> int:
 def train_centralised(train: Features, cfg: FedConfig, epochs: int | None = None, encoder=None) -> TopClassifier:
     """The same model, optimiser and batch size trained on all rows in one place (default: equal compute)."""
     model = new_model(cfg, encoder)
-    update, _ = local_train(model, train, trainable_state(model), cfg, client_seed(cfg.seed, 0, 0),
-                            epochs=equal_compute_epochs(cfg) if epochs is None else epochs)
+    update, _ = local_train(
+        model,
+        train,
+        trainable_state(model),
+        cfg,
+        client_seed(cfg.seed, 0, 0),
+        epochs=equal_compute_epochs(cfg) if epochs is None else epochs,
+    )
     return model.eval()
 
 
@@ -473,17 +562,34 @@ def personalise(global_model: TopClassifier, feats: Features, cfg: FedConfig, ep
 
 # ---------------------------------------------------------------------------------------------- cache
 
+
 def run_key(clients: list[Features], test: Features, cfg: FedConfig, eval_every: int, encoder=None) -> str:
     """Cache key of a run: every client's rows, the test rows, the whole config, the encoder, the device class."""
     if not all(c.key for c in clients) or not test.key:
-        raise ValueError("these features have no cache key; build them with frozen.cached_features (and subset), "
-                         "or call run_federated directly")
-    return store.key("federated-run", [c.key for c in clients], test.key, cfg, eval_every,
-                     encoder_identity(encoder), config.device().type)
+        raise ValueError(
+            "these features have no cache key; build them with frozen.cached_features (and subset), "
+            "or call run_federated directly"
+        )
+    return store.key(
+        "federated-run",
+        [c.key for c in clients],
+        test.key,
+        cfg,
+        eval_every,
+        encoder_identity(encoder),
+        config.device().type,
+    )
 
 
-def run_cached(clients: list[Features], test: Features, cfg: FedConfig, progress: bool = True, eval_every: int = 1,
-               retrain: bool | None = None, encoder=None) -> FedRun:
+def run_cached(
+    clients: list[Features],
+    test: Features,
+    cfg: FedConfig,
+    progress: bool = True,
+    eval_every: int = 1,
+    retrain: bool | None = None,
+    encoder=None,
+) -> FedRun:
     """`run_federated`, or the stored run with the same clients, test rows, config and encoder (in federated/)."""
     folder = store.path("federated", run_key(clients, test, cfg, eval_every, encoder))
     retrain = config.retrain_requested() if retrain is None else retrain
@@ -492,9 +598,13 @@ def run_cached(clients: list[Features], test: Features, cfg: FedConfig, progress
 
         def write(tmp: Path) -> None:
             save_file({k: v.detach().cpu().contiguous() for k, v in run.state.items()}, tmp / "state.safetensors")
-            meta = {"history": run.history.reset_index().to_dict(orient="list"),
-                    "client_accuracy": run.client_accuracy.tolist(), "seconds": run.seconds,
-                    "epsilon": run.epsilon if math.isfinite(run.epsilon) else None, "config": asdict(cfg)}
+            meta = {
+                "history": run.history.reset_index().to_dict(orient="list"),
+                "client_accuracy": run.client_accuracy.tolist(),
+                "seconds": run.seconds,
+                "epsilon": run.epsilon if math.isfinite(run.epsilon) else None,
+                "config": asdict(cfg),
+            }
             (tmp / "run.json").write_text(json.dumps(meta))
 
         store.write_dir(folder, write)

@@ -10,6 +10,7 @@ seed and settings train the same numbers. Settings come from the run config (`fl
 Faults for the tests: `crash-partition` raises in that partition's ClientApp in every round; `sleep-partition` sleeps
 `sleep-seconds` there in round 1 (set `timeout` below it): the strategy aggregates the replies that came back.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,21 @@ from flwr.serverapp.strategy import FedAvg
 
 from . import config, data, federated, frozen
 
-DEFAULTS: dict[str, object] = {"train-size": 600, "test-size": 300, "rounds": 2, "local-epochs": 1, "lr": 0.5,
-                               "batch-size": 32, "seed": 0, "timeout": 120.0, "min-nodes": 2,
-                               "crash-partition": -1, "sleep-partition": -1, "sleep-seconds": 0.0, "result-path": ""}
+DEFAULTS: dict[str, object] = {
+    "train-size": 600,
+    "test-size": 300,
+    "rounds": 2,
+    "local-epochs": 1,
+    "lr": 0.5,
+    "batch-size": 32,
+    "seed": 0,
+    "timeout": 120.0,
+    "min-nodes": 2,
+    "crash-partition": -1,
+    "sleep-partition": -1,
+    "sleep-seconds": 0.0,
+    "result-path": "",
+}
 
 
 def settings(context: Context, overrides: dict | None = None) -> dict:
@@ -36,8 +49,14 @@ def settings(context: Context, overrides: dict | None = None) -> dict:
 
 def fed_config(s: dict) -> federated.FedConfig:
     """The FedConfig both engines use for these settings (all clients every round, head on cut-6 features)."""
-    return federated.FedConfig(rounds=int(s["rounds"]), fraction=1.0, local_epochs=int(s["local-epochs"]),
-                               lr=float(s["lr"]), batch_size=int(s["batch-size"]), seed=int(s["seed"]))
+    return federated.FedConfig(
+        rounds=int(s["rounds"]),
+        fraction=1.0,
+        local_epochs=int(s["local-epochs"]),
+        lr=float(s["lr"]),
+        batch_size=int(s["batch-size"]),
+        seed=int(s["seed"]),
+    )
 
 
 def partitions(s: dict, num_partitions: int) -> tuple[list[frozen.Features], frozen.Features]:
@@ -89,8 +108,9 @@ def make_apps(overrides: dict | None = None) -> tuple[ServerApp, ClientApp]:
         clients, _ = partitions(s, num)
         global_state = _to_state(msg.content["arrays"])
         model = federated.new_model(cfg)
-        update, loss = federated.local_train(model, clients[partition], global_state, cfg,
-                                             federated.client_seed(cfg.seed, round_, partition))
+        update, loss = federated.local_train(
+            model, clients[partition], global_state, cfg, federated.client_seed(cfg.seed, round_, partition)
+        )
         new_state = {n: global_state[n] + update[n] for n in global_state}
         metrics = MetricRecord({"train-loss": loss, "num-examples": len(clients[partition])})
         return Message(RecordDict({"arrays": _to_arrays(new_state), "metrics": metrics}), reply_to=msg)
@@ -109,17 +129,30 @@ def make_apps(overrides: dict | None = None) -> tuple[ServerApp, ClientApp]:
             return MetricRecord({"accuracy": accuracy})
 
         nodes = int(s["min-nodes"])
-        strategy = CountingFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
-                                  min_available_nodes=nodes)
+        strategy = CountingFedAvg(
+            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=nodes
+        )
         started = time.perf_counter()
-        result = strategy.start(grid=grid, initial_arrays=_to_arrays(federated.trainable_state(model)),
-                                num_rounds=cfg.rounds, timeout=float(s["timeout"]), train_config=ConfigRecord(),
-                                evaluate_fn=evaluate)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=_to_arrays(federated.trainable_state(model)),
+            num_rounds=cfg.rounds,
+            timeout=float(s["timeout"]),
+            train_config=ConfigRecord(),
+            evaluate_fn=evaluate,
+        )
         if s["result-path"]:
             accuracy = {int(r): float(m["accuracy"]) for r, m in result.evaluate_metrics_serverapp.items()}
-            Path(str(s["result-path"])).write_text(json.dumps(
-                {"accuracy": accuracy, "replies": strategy.replies, "seconds": time.perf_counter() - started,
-                 "final_state": {k: np.asarray(v.numpy()).ravel().tolist() for k, v in result.arrays.items()}}))
+            Path(str(s["result-path"])).write_text(
+                json.dumps(
+                    {
+                        "accuracy": accuracy,
+                        "replies": strategy.replies,
+                        "seconds": time.perf_counter() - started,
+                        "final_state": {k: np.asarray(v.numpy()).ravel().tolist() for k, v in result.arrays.items()},
+                    }
+                )
+            )
 
     return server_app, client_app
 

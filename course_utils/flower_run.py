@@ -13,6 +13,7 @@ In Flower 1.42 a SuperLink serves its APIs over HTTP on one `--host`/`--port` (t
 TLS certificates instead of `--insecure`), a SuperNode on each data holder (`--superlink HOST:PORT`,
 `--root-certificates`, optionally `--auth-supernode-private-key`), and point `flwr run` at it (README, chapter 03).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> int:
         try:
             sock.bind((host, port))
         except OSError:
-            raise ValueError(f"port {port} on {host} is in use; stop what listens there or pass another "
-                             "--base-port") from None
+            raise ValueError(
+                f"port {port} on {host} is in use; stop what listens there or pass another --base-port"
+            ) from None
     return port
 
 
@@ -62,11 +64,20 @@ def listening_port(host: str = "127.0.0.1"):
 def flower_env(folder: Path, tag: str) -> dict[str, str]:
     """The environment of every Flower process: private folders, no telemetry, no installs, our tag."""
     env = dict(os.environ)
-    env.update({"FLWR_HOME": str(folder / "flwr-home"), "RAY_TMPDIR": str(folder / "ray"),
-                "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", TAG: tag,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    env.update(
+        {
+            "FLWR_HOME": str(folder / "flwr-home"),
+            "RAY_TMPDIR": str(folder / "ray"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+            TAG: tag,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     for sub in ("flwr-home", "ray"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return env
@@ -147,11 +158,13 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> 
 def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     """Start one process (its own session), output to `log`."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 # ---------------------------------------------------------------------------------------------- simulation
+
 
 def _simulate_child(overrides: dict, num_supernodes: int) -> None:
     """Inside the child process: run_simulation with Ray limited to this machine's cores."""
@@ -161,9 +174,15 @@ def _simulate_child(overrides: dict, num_supernodes: int) -> None:
 
     server, client = make_apps(overrides)
     cores = os.cpu_count() or 1
-    run_simulation(server, client, num_supernodes=num_supernodes, backend_config={
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "object_store_memory": 200 * 1024 ** 2}})
+    run_simulation(
+        server,
+        client,
+        num_supernodes=num_supernodes,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cores, "include_dashboard": False, "object_store_memory": 200 * 1024**2},
+        },
+    )
 
 
 def simulate(overrides: dict | None = None, num_supernodes: int = 3, timeout: float = 300.0) -> dict:
@@ -175,8 +194,11 @@ def simulate(overrides: dict | None = None, num_supernodes: int = 3, timeout: fl
         result = folder / "result.json"
         settings = {**(overrides or {}), "result-path": str(result), "min-nodes": num_supernodes}
         started = time.perf_counter()
-        proc = _start([sys.executable, "-m", "course_utils.flower_run", "simulate", json.dumps(settings),
-                       str(num_supernodes)], flower_env(folder, tag), folder / "simulation.log")
+        proc = _start(
+            [sys.executable, "-m", "course_utils.flower_run", "simulate", json.dumps(settings), str(num_supernodes)],
+            flower_env(folder, tag),
+            folder / "simulation.log",
+        )
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -220,13 +242,16 @@ def write_app(folder: Path, port: int) -> Path:
     """A minimal Flower app that imports the course's apps, and the federation `deploy` in FLWR_HOME/config.toml."""
     app = folder / "app"
     app.mkdir(parents=True, exist_ok=True)
-    (app / "pyproject.toml").write_text(APP_PYPROJECT + "".join(f"{key} = {json.dumps(value)}\n"
-                                                                for key, value in DEFAULTS.items()))
+    (app / "pyproject.toml").write_text(
+        APP_PYPROJECT + "".join(f"{key} = {json.dumps(value)}\n" for key, value in DEFAULTS.items())
+    )
     (app / "course_fl_app.py").write_text(  # top-level assignments: Flower checks the names without importing
         "from course_utils import flower_app\n\n"
-        "server_app = flower_app.server_app\nclient_app = flower_app.client_app\n")
+        "server_app = flower_app.server_app\nclient_app = flower_app.client_app\n"
+    )
     (folder / "flwr-home" / "config.toml").write_text(
-        f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
     return app
 
 
@@ -235,8 +260,9 @@ def _run_config(settings: dict) -> str:
     return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in settings.items())
 
 
-def deploy(overrides: dict | None = None, supernodes: int = 2, base_port: int = 9191, timeout: float = 240.0,
-           log=print) -> dict:
+def deploy(
+    overrides: dict | None = None, supernodes: int = 2, base_port: int = 9191, timeout: float = 240.0, log=print
+) -> dict:
     """SuperLink + `supernodes` SuperNodes on 127.0.0.1 (separate processes), `flwr run` of the chapter's app,
     then everything stopped. Returns the ServerApp's result plus wall times."""
     if isinstance(supernodes, bool) or not isinstance(supernodes, int) or supernodes < 1:
@@ -247,25 +273,56 @@ def deploy(overrides: dict | None = None, supernodes: int = 2, base_port: int = 
         env = flower_env(folder, tag)
         app = write_app(folder, ports[0])
         bin_ = Path(sys.executable).parent
-        _start([str(bin_ / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(ports[0]),
-                "--database", str(folder / "state.db"), "--disable-runtime-dependency-installation"],
-               env, folder / "superlink.log")
+        _start(
+            [
+                str(bin_ / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports[0]),
+                "--database",
+                str(folder / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            env,
+            folder / "superlink.log",
+        )
         wait_for_port(ports[0])
         for i in range(supernodes):
-            _start([str(bin_ / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{ports[0]}",
-                    "--host", "127.0.0.1", "--port", str(ports[1 + i]),
-                    "--node-config", f"partition-id={i} num-partitions={supernodes}"],
-                   env, folder / f"supernode{i}.log")
+            _start(
+                [
+                    str(bin_ / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{ports[0]}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports[1 + i]),
+                    "--node-config",
+                    f"partition-id={i} num-partitions={supernodes}",
+                ],
+                env,
+                folder / f"supernode{i}.log",
+            )
         log(f"SuperLink on 127.0.0.1:{ports[0]}, {supernodes} SuperNodes on :{ports[1]}-{ports[-1]}; logs in {folder}")
         result = folder / "result.json"
         settings = {**(overrides or {}), "result-path": str(result), "min-nodes": supernodes}
-        run = subprocess.run([str(bin_ / "flwr"), "run", str(app), "deploy", "--stream", "--run-config",
-                              _run_config(settings)], env=env, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        run = subprocess.run(
+            [str(bin_ / "flwr"), "run", str(app), "deploy", "--stream", "--run-config", _run_config(settings)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if not result.exists():
             logs = "\n".join(p.read_text(errors="replace")[-600:] for p in sorted(folder.glob("*.log")))
-            raise RuntimeError(f"the deployment run failed (flwr run exit {run.returncode}): "
-                               f"{(run.stdout + run.stderr)[-1500:]}\n{logs}")
+            raise RuntimeError(
+                f"the deployment run failed (flwr run exit {run.returncode}): "
+                f"{(run.stdout + run.stderr)[-1500:]}\n{logs}"
+            )
         out = json.loads(result.read_text())
         out["run_s"] = time.perf_counter() - started
     out["wall_s"] = time.perf_counter() - started

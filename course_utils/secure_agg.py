@@ -12,6 +12,7 @@ per client so that a server cannot unmask a client that was merely late; Flower'
 full protocol. Shamir sharing is written out here to teach it (over the prime field 2^521 - 1); tests check it
 against Flower's pycryptodome-based `create_shares` / `combine_shares` behaviour.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -23,27 +24,29 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-SCALE_BITS = 32                 # fixed point: x -> round(x * 2^32) mod 2^64; resolution 2.3e-10
-PRIME = 2 ** 521 - 1            # a Mersenne prime above every 32-byte secret
+SCALE_BITS = 32  # fixed point: x -> round(x * 2^32) mod 2^64; resolution 2.3e-10
+PRIME = 2**521 - 1  # a Mersenne prime above every 32-byte secret
 KEY_BYTES = 32
 
 
 # ---------------------------------------------------------------------------------------------- encoding
 
+
 def encode(x: np.ndarray) -> np.ndarray:
     """Floats -> fixed-point integers modulo 2^64 (uint64); |x| must stay below 2^31."""
     x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all() or np.abs(x).max(initial=0) >= 2 ** 30:
+    if not np.isfinite(x).all() or np.abs(x).max(initial=0) >= 2**30:
         raise ValueError("values must be finite and below 2^30 in size to be encoded; clip the update first")
-    return np.round(x * 2.0 ** SCALE_BITS).astype(np.int64).view(np.uint64)
+    return np.round(x * 2.0**SCALE_BITS).astype(np.int64).view(np.uint64)
 
 
 def decode(u: np.ndarray) -> np.ndarray:
     """uint64 fixed point -> floats (the inverse of `encode`, also for sums of encodings)."""
-    return np.asarray(u, dtype=np.uint64).view(np.int64).astype(np.float64) / 2.0 ** SCALE_BITS
+    return np.asarray(u, dtype=np.uint64).view(np.int64).astype(np.float64) / 2.0**SCALE_BITS
 
 
 # ---------------------------------------------------------------------------------------------- keys and masks
+
 
 def public_bytes(private: X25519PrivateKey) -> bytes:
     """The 32 bytes a client publishes."""
@@ -52,8 +55,9 @@ def public_bytes(private: X25519PrivateKey) -> bytes:
 
 def private_bytes(private: X25519PrivateKey) -> bytes:
     """The 32 secret bytes of a private key (what the Shamir shares protect)."""
-    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
+    return private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 def pair_key(private: X25519PrivateKey, peer_public: bytes) -> bytes:
@@ -87,13 +91,13 @@ def mask_update(me: int, update: np.ndarray, private: X25519PrivateKey, publics:
 
 # ---------------------------------------------------------------------------------------------- Shamir
 
+
 def shamir_split(secret: bytes, parties: int, threshold: int) -> list[tuple[int, int]]:
     """Shares (x, f(x)) for x = 1..parties of a random degree threshold-1 polynomial with f(0) = secret."""
     if not 1 <= threshold <= parties:
         raise ValueError(f"threshold must be in 1..parties ({parties}), got {threshold}; a majority is typical")
     coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
-    return [(x, sum(c * pow(x, k, PRIME) for k, c in enumerate(coefficients)) % PRIME)
-            for x in range(1, parties + 1)]
+    return [(x, sum(c * pow(x, k, PRIME) for k, c in enumerate(coefficients)) % PRIME) for x in range(1, parties + 1)]
 
 
 def shamir_combine(shares: list[tuple[int, int]], length: int = KEY_BYTES) -> bytes:
@@ -110,6 +114,7 @@ def shamir_combine(shares: list[tuple[int, int]], length: int = KEY_BYTES) -> by
 
 # ---------------------------------------------------------------------------------------------- the protocol
 
+
 @dataclass
 class SecureSum:
     """What the server ends with: the decoded sum, who dropped, what it saw and how many bytes went up."""
@@ -121,8 +126,12 @@ class SecureSum:
     bytes_up: int
 
 
-def secure_sum(updates: list[np.ndarray], dropped: set[int] | frozenset = frozenset(), threshold: int | None = None,
-               helpers: int | None = None) -> SecureSum:
+def secure_sum(
+    updates: list[np.ndarray],
+    dropped: set[int] | frozenset = frozenset(),
+    threshold: int | None = None,
+    helpers: int | None = None,
+) -> SecureSum:
     """Run the protocol on one machine: keys, shares, masked updates, dropouts, recovery, unmasking.
 
     `dropped` clients fix their masks but never send their update. The server collects `helpers` (default:
@@ -134,18 +143,21 @@ def secure_sum(updates: list[np.ndarray], dropped: set[int] | frozenset = frozen
         raise ValueError(f"threshold must be in 2..{n} for {n} clients, got {threshold}")
     survivors = [i for i in range(n) if i not in dropped]
     if len(survivors) < threshold:
-        raise ValueError(f"only {len(survivors)} clients survived but the threshold is {threshold}: the dropped "
-                         "clients' masks cannot be removed; lower the threshold or wait for more clients")
-    keys = [X25519PrivateKey.generate() for _ in range(n)]                       # round 0: advertise keys
+        raise ValueError(
+            f"only {len(survivors)} clients survived but the threshold is {threshold}: the dropped "
+            "clients' masks cannot be removed; lower the threshold or wait for more clients"
+        )
+    keys = [X25519PrivateKey.generate() for _ in range(n)]  # round 0: advertise keys
     publics = {i: public_bytes(k) for i, k in enumerate(keys)}
     shares = {i: shamir_split(private_bytes(k), n, threshold) for i, k in enumerate(keys)}  # round 1: share keys
     masked = {i: mask_update(i, updates[i], keys[i], publics) for i in survivors}  # round 2: masked inputs
     total = np.zeros(updates[0].size, dtype=np.uint64)
     for y in masked.values():
         total = total + y
-    for d in sorted(dropped):                                                    # round 3: unmask the dropped
+    for d in sorted(dropped):  # round 3: unmask the dropped
         rebuilt = X25519PrivateKey.from_private_bytes(
-            shamir_combine([shares[d][j] for j in survivors[:helpers or threshold]]))
+            shamir_combine([shares[d][j] for j in survivors[: helpers or threshold]])
+        )
         for j in survivors:  # survivor j added -PRG(k_dj) if d < j, +PRG(k_dj) if d > j: cancel that
             stream = prg(pair_key(rebuilt, publics[j]), total.size)
             total = total + stream if d < j else total - stream

@@ -1,4 +1,5 @@
 """Federated learning (chapter 03): partitions, aggregators against Flower's, DP-FedAvg, faults, caching."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,16 +35,19 @@ def test_group_partition_gives_one_client_per_name() -> None:
     assert names == ["a", "b", "c"] and [p.tolist() for p in parts] == [[1, 4], [0, 2, 5], [3]]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: fl.partition_iid(5, 6), "6 clients but only 5 examples"),
-    (lambda: fl.partition_dirichlet([0, 1, 0], 2, 0.0), "alpha must be > 0"),
-    (lambda: fl.partition_dirichlet([0, 1, 0], 2, -1), "alpha must be > 0"),
-    (lambda: fl.FedConfig(fraction=0.0), r"fraction must be in \(0, 1\]"),
-    (lambda: fl.FedConfig(fraction=1.5), r"fraction must be in \(0, 1\]"),
-    (lambda: fl.FedConfig(mu=-0.1), "mu must be >= 0"),
-    (lambda: fl.FedConfig(aggregator="mode"), "aggregator must be one of"),
-    (lambda: fl.FedConfig(noise_multiplier=1.0), "DP-FedAvg needs clip > 0"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: fl.partition_iid(5, 6), "6 clients but only 5 examples"),
+        (lambda: fl.partition_dirichlet([0, 1, 0], 2, 0.0), "alpha must be > 0"),
+        (lambda: fl.partition_dirichlet([0, 1, 0], 2, -1), "alpha must be > 0"),
+        (lambda: fl.FedConfig(fraction=0.0), r"fraction must be in \(0, 1\]"),
+        (lambda: fl.FedConfig(fraction=1.5), r"fraction must be in \(0, 1\]"),
+        (lambda: fl.FedConfig(mu=-0.1), "mu must be >= 0"),
+        (lambda: fl.FedConfig(aggregator="mode"), "aggregator must be one of"),
+        (lambda: fl.FedConfig(noise_multiplier=1.0), "DP-FedAvg needs clip > 0"),
+    ],
+)
 def test_bad_input_gets_one_line_errors(call, message) -> None:
     with pytest.raises(ValueError, match=message) as err:
         call()
@@ -62,10 +66,12 @@ def _flwr(updates: torch.Tensor, weights) -> list:
 def test_aggregators_equal_flowers() -> None:
     updates, weights = _updates()
     results = _flwr(updates, weights)
-    cases = {"fedavg": (fl.fedavg(updates, weights), flwr_aggregate.aggregate(results)),
-             "median": (fl.coordinate_median(updates), flwr_aggregate.aggregate_median(results)),
-             "trimmed": (fl.trimmed_mean(updates, 0.2), flwr_aggregate.aggregate_trimmed_avg(results, 0.2)),
-             "krum": (fl.krum(updates, 1), flwr_aggregate.aggregate_krum(results, num_malicious=1, to_keep=0))}
+    cases = {
+        "fedavg": (fl.fedavg(updates, weights), flwr_aggregate.aggregate(results)),
+        "median": (fl.coordinate_median(updates), flwr_aggregate.aggregate_median(results)),
+        "trimmed": (fl.trimmed_mean(updates, 0.2), flwr_aggregate.aggregate_trimmed_avg(results, 0.2)),
+        "krum": (fl.krum(updates, 1), flwr_aggregate.aggregate_krum(results, num_malicious=1, to_keep=0)),
+    }
     for name, (mine, theirs) in cases.items():
         np.testing.assert_allclose(mine.numpy(), theirs[0].ravel(), atol=1e-6, err_msg=name)
 
@@ -82,7 +88,7 @@ def test_robust_aggregators_ignore_one_huge_update_and_fedavg_does_not() -> None
 @pytest.mark.parametrize("seed", range(12))
 def test_krum_equals_flowers_on_many_draws(seed) -> None:
     updates, weights = _updates(k=7, d=10, seed=seed)
-    updates[seed % 7] += 3.0                                   # one outlier, a different one each time
+    updates[seed % 7] += 3.0  # one outlier, a different one each time
     theirs = flwr_aggregate.aggregate_krum(_flwr(updates, weights), num_malicious=2, to_keep=0)
     np.testing.assert_allclose(fl.krum(updates, 2).numpy(), theirs[0].ravel(), atol=1e-6)
 
@@ -96,7 +102,7 @@ def test_dp_aggregate_clips_every_update_and_adds_noise_of_the_stated_scale() ->
     updates = torch.randn(20, 4000, generator=torch.Generator().manual_seed(0)) * 5
     gen = torch.Generator().manual_seed(1)
     noisy = fl.dp_aggregate(updates, clip=1.0, noise_multiplier=0.0, expected_clients=25, generator=gen)
-    clipped = torch.stack([u / u.norm() for u in updates]).sum(0) / 25   # the expected count, not the 20 that came
+    clipped = torch.stack([u / u.norm() for u in updates]).sum(0) / 25  # the expected count, not the 20 that came
     torch.testing.assert_close(noisy, clipped)
     with_noise = fl.dp_aggregate(updates, clip=1.0, noise_multiplier=2.0, expected_clients=25, generator=gen)
     assert abs(float((with_noise - clipped).std()) / (2.0 / 25) - 1) < 0.05
@@ -178,8 +184,9 @@ def test_scaled_update_attack_multiplies_the_attackers_update(small_clients) -> 
     run = fl.run_federated(clients[:1], test, attacked, progress=False)
     plain = fl.run_federated(clients[:1], test, dataclasses.replace(attacked, attack="none"), progress=False)
     start = fl.flatten(fl.trainable_state(fl.new_model(honest)))
-    torch.testing.assert_close(fl.flatten(run.state) - start, -10 * (fl.flatten(plain.state) - start), atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        fl.flatten(run.state) - start, -10 * (fl.flatten(plain.state) - start), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_cached_runs_are_reused_and_keyed_by_the_config(small_clients, tmp_cache) -> None:
@@ -189,7 +196,42 @@ def test_cached_runs_are_reused_and_keyed_by_the_config(small_clients, tmp_cache
     again = fl.run_cached(clients, test, cfg, progress=False)
     assert all(torch.equal(first.state[k].cpu(), again.state[k].cpu()) for k in first.state)
     assert again.history.equals(first.history)
-    keys = {fl.run_key(clients, test, c, 1) for c in (cfg, dataclasses.replace(cfg, mu=0.1),
-                                                      dataclasses.replace(cfg, seed=1))}
+    keys = {
+        fl.run_key(clients, test, c, 1)
+        for c in (cfg, dataclasses.replace(cfg, mu=0.1), dataclasses.replace(cfg, seed=1))
+    }
     assert len(keys) == 3 and fl.run_key(clients[:2], test, cfg, 1) not in keys
     assert len(list(store.path("federated", "x").parent.iterdir())) == 1
+
+
+def test_scaffold_corrects_each_gradient_by_the_control_variates_of_round_one(small_clients) -> None:
+    clients, test = small_clients
+    cfg = fl.FedConfig(rounds=2, fraction=1.0, lr=0.5, scaffold=True)
+    run = fl.run_federated(clients, test, cfg, progress=False)
+    model = fl.new_model(cfg)
+    like = fl.trainable_state(model)
+    state, steps = fl.flatten(like), math.ceil(40 / cfg.batch_size) * cfg.local_epochs
+    controls = torch.zeros(len(clients), state.numel())
+    for round_ in (1, 2):  # round 1: all controls are zero, plain FedAvg; round 2: gradients corrected by c - c_i
+        c = controls.mean(0)
+        ups = torch.stack(
+            [
+                fl.flatten(
+                    fl.local_train(
+                        model,
+                        clients[i],
+                        fl.unflatten(state, like),
+                        cfg,
+                        fl.client_seed(0, round_, i),
+                        correction=fl.unflatten(c - controls[i], like),
+                    )[0]
+                )
+                for i in range(len(clients))
+            ]
+        )
+        controls = controls - c - ups / (steps * cfg.lr)
+        state = state + ups.mean(0)
+    torch.testing.assert_close(fl.flatten(run.state), state, atol=1e-5, rtol=0)
+    assert run.history.loc[1, "bytes up"] == 2 * 4 * 770 * 4  # the control variate travels too: twice the bytes
+    with pytest.raises(ValueError, match="scaffold=True works with the plain mean only"):
+        dataclasses.replace(cfg, aggregator="median")

@@ -1,5 +1,6 @@
 """Flower (chapter 03): the deployment engine runs 2 SuperNodes x 2 rounds in < 3 min, survives a crashing and a
 silent client, and leaves no process or port behind, also when interrupted with Ctrl-C."""
+
 from __future__ import annotations
 
 import signal
@@ -55,8 +56,8 @@ def test_deployment_two_supernodes_two_rounds_under_three_minutes_and_nothing_le
 def test_deployment_round_completes_without_a_crashed_and_a_silent_client() -> None:
     faults = {"crash-partition": 1, "sleep-partition": 2, "sleep-seconds": 40.0, "timeout": 20.0}
     result = flower_run.deploy({**SETTINGS, "rounds": 2, **faults}, supernodes=3, base_port=9331, timeout=300)
-    assert result["replies"]["1"] == {"ok": 1, "failed": 1}       # the silent one never answered round 1
-    assert result["replies"]["2"]["failed"] == 1 and result["replies"]["2"]["ok"] >= 1   # the crasher crashes again
+    assert result["replies"]["1"] == {"ok": 1, "failed": 1}  # the silent one never answered round 1
+    assert result["replies"]["2"]["failed"] == 1 and result["replies"]["2"]["ok"] >= 1  # the crasher crashes again
     assert flower_run.tagged_processes(result["tag"]) == [] and _ports_free(9331, 4)
 
 
@@ -67,7 +68,7 @@ def test_ctrl_c_stops_every_process_the_command_started() -> None:
     deadline = time.time() + 120
     while time.time() < deadline and _ports_free(9351, 3):
         time.sleep(0.5)
-    time.sleep(5)                                     # the nodes are up and the run is starting
+    time.sleep(5)  # the nodes are up and the run is starting
     assert not _ports_free(9351, 3), "the deployment never started"
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)

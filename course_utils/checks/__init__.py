@@ -5,19 +5,47 @@ Each check runs the learner's function on a few cases, compares it with the cour
 (NotImplementedError) or a wrong answer raises AssertionError with a hint. `from course_utils import checks`
 gives every chapter's checks (`checks.check_macro_f1`); `checks.ch02` holds one chapter's.
 """
+
 from . import ch00, ch01, ch02, ch03
 from ._common import check_choice, cmp
 from .ch00 import check_confident_errors, check_logits_to_labels, check_macro_f1, check_mcnemar, check_token_lengths
-from .ch01 import (check_group_split, check_interval_alpha, check_redact_emails, check_remove_leaked,
-                   check_shingle_jaccard)
+from .ch01 import (
+    check_group_split,
+    check_interval_alpha,
+    check_redact_emails,
+    check_remove_leaked,
+    check_shingle_jaccard,
+)
 from .ch02 import check_attack_auc, check_clip_per_example, check_laplace_count, check_steps_within, check_user_level
 from .ch03 import check_dp_fedavg, check_fedavg_step, check_pairwise_masks, check_trimmed_mean
 
-__all__ = ["ch00", "ch01", "ch02", "ch03", "cmp", "check_question", "check_confident_errors", "check_logits_to_labels",
-           "check_macro_f1", "check_mcnemar", "check_token_lengths", "check_group_split", "check_interval_alpha",
-           "check_redact_emails", "check_remove_leaked", "check_shingle_jaccard", "check_attack_auc",
-           "check_clip_per_example", "check_laplace_count", "check_steps_within", "check_user_level",
-           "check_dp_fedavg", "check_fedavg_step", "check_pairwise_masks", "check_trimmed_mean"]
+__all__ = [
+    "ch00",
+    "ch01",
+    "ch02",
+    "ch03",
+    "cmp",
+    "check_question",
+    "check_confident_errors",
+    "check_logits_to_labels",
+    "check_macro_f1",
+    "check_mcnemar",
+    "check_token_lengths",
+    "check_group_split",
+    "check_interval_alpha",
+    "check_redact_emails",
+    "check_remove_leaked",
+    "check_shingle_jaccard",
+    "check_attack_auc",
+    "check_clip_per_example",
+    "check_laplace_count",
+    "check_steps_within",
+    "check_user_level",
+    "check_dp_fedavg",
+    "check_fedavg_step",
+    "check_pairwise_masks",
+    "check_trimmed_mean",
+]
 
 
 CHAPTERS = {"0": ch00, "1": ch01, "2": ch02, "3": ch03}
