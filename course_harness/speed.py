@@ -123,7 +123,7 @@ def compare(train_size: int | None = None, epochs: int = 1) -> pd.DataFrame:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     config.setup(verbose=False)
     splits = data.course_splits()
-    cfg = replace(modeling.default_config(fast=False), epochs=epochs, train_size=train_size)
+    cfg = replace(modeling.default_config(fast=False), epochs=epochs, train_size=train_size, lr=5e-5)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
             time_course_loop(splits, cfg, Path(tmp)),
