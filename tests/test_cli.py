@@ -270,3 +270,25 @@ def test_speed_compares_the_course_loop_with_trainer_and_records_a_row(tmp_path,
     )
     assert 0.3 < figures["course_test_accuracy"] < 0.8 and 0.3 < figures["trainer_test_accuracy"] < 0.8
     assert main(["speed", "--epochs", "0"]) == 2 and "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_recipe_search_trains_every_grid_point_and_reads_only_validation(monkeypatch, capsys) -> None:
+    from types import SimpleNamespace
+
+    from course_harness import recipe_search
+
+    seen = []
+
+    def fake_finetune(splits, cfg, progress=True):
+        seen.append((cfg.lr, cfg.epochs, cfg.seed))
+        history = [
+            {"epoch": e + 1, "val_accuracy": 0.8 + cfg.lr * 100 + e / 100, "seconds": 1.0} for e in range(cfg.epochs)
+        ]
+        return SimpleNamespace(history=history)
+
+    monkeypatch.setattr(recipe_search.modeling, "finetune", fake_finetune)
+    monkeypatch.setattr(recipe_search, "course_splits", lambda: None)
+    recipe_search.main(["--lr", "5e-5", "1e-4", "--epochs", "2", "3", "--seeds", "1"])
+    assert sorted(seen) == [(5e-5, 2, 1), (5e-5, 3, 1), (1e-4, 2, 1), (1e-4, 3, 1)]
+    out = capsys.readouterr().out
+    assert "val after epoch 3" in out and "test" not in out.lower()
