@@ -238,6 +238,9 @@ def local_train(
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [global_state[n].to(p.device) for n, p in model.named_parameters() if p.requires_grad]
+    shifts = (
+        [correction[n].to(p.device) for n, p in model.named_parameters() if p.requires_grad] if correction else None
+    )
     optimizer = torch.optim.SGD(params, lr=cfg.lr)
     where, losses = config.device(), []
     for _ in range(cfg.local_epochs if epochs is None else epochs):
@@ -251,10 +254,9 @@ def local_train(
             if cfg.mu > 0:
                 loss = loss + cfg.mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
             loss.backward()
-            if correction is not None:
-                for name, p in model.named_parameters():
-                    if p.requires_grad:
-                        p.grad.add_(correction[name].to(p.device))
+            if shifts:  # SCAFFOLD: c - c_i, moved to the device once, not every step
+                for p, shift in zip(params, shifts, strict=True):
+                    p.grad.add_(shift)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     new = trainable_state(model)
@@ -465,6 +467,7 @@ def run_federated(
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     velocity = torch.zeros(sum(v.numel() for v in like.values()))
     control, client_control = torch.zeros_like(velocity), {}  # SCAFFOLD: server's c and each client's c_i
+    per_client_bytes = state_bytes(like) * (2 if cfg.scaffold else 1)  # SCAFFOLD sends c with w, c_i with the update
     rows, per_client, failures = [], [], []
     start = time.perf_counter()
     for round_ in tqdm(range(1, cfg.rounds + 1), desc="federated rounds", disable=not progress, leave=False):
@@ -509,8 +512,8 @@ def run_federated(
             "clients": len(chosen),
             "failed": len(chosen) - len(updates),
             "train loss": float(np.mean(losses)) if losses else math.nan,
-            "bytes down": state_bytes(like) * len(chosen) * (2 if cfg.scaffold else 1),
-            "bytes up": state_bytes(like) * len(updates) * (2 if cfg.scaffold else 1),
+            "bytes down": per_client_bytes * len(chosen),
+            "bytes up": per_client_bytes * len(updates),
             "drift": float(drift(stacked).mean()) if len(updates) > 1 else 0.0,
             "update norm": float(stacked.norm(dim=1).mean()) if updates else 0.0,
             "accuracy": math.nan,
