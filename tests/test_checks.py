@@ -612,7 +612,13 @@ def test_pairwise_masks_check():
     )
 
 
-ALL_QUESTIONS = {**checks.ch00.QUESTIONS, **checks.ch01.QUESTIONS, **checks.ch02.QUESTIONS, **checks.ch03.QUESTIONS}
+ALL_QUESTIONS = {
+    **checks.ch00.QUESTIONS,
+    **checks.ch01.QUESTIONS,
+    **checks.ch02.QUESTIONS,
+    **checks.ch03.QUESTIONS,
+    **checks.ch04.QUESTIONS,
+}
 
 
 @pytest.mark.parametrize("exercise", sorted(ALL_QUESTIONS))
@@ -621,8 +627,10 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3"}[
-            next(name for name in ("ch00", "ch01", "ch02", "ch03") if exercise in getattr(checks, name).QUESTIONS)
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4"}[
+            next(
+                name for name in ("ch00", "ch01", "ch02", "ch03", "ch04") if exercise in getattr(checks, name).QUESTIONS
+            )
         ]
     )
     for written in (question.correct, question.correct.upper(), f"({question.correct})", f" {question.correct} "):
@@ -642,3 +650,121 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
 def test_unknown_questions_are_refused() -> None:
     with pytest.raises(ValueError, match=r"no multiple-choice exercise '9.1'; choose one of \['0.6'"):
         checks.check_question("9.1", lambda: "a")
+
+
+def test_per_channel_int8_check():
+    def reference(w):
+        scale = w.abs().amax(dim=1) / 127
+        return torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8), scale
+
+    def alternative(w):  # row by row, in numpy
+        rows = [np.abs(r).max() / 127 for r in w.numpy()]
+        q = np.stack([np.clip(np.rint(r / s), -127, 127) for r, s in zip(w.numpy(), rows, strict=True)]).astype(np.int8)
+        return torch.from_numpy(q), torch.tensor(rows)
+
+    def one_scale(w):
+        scale = w.abs().max() / 127
+        return torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8), scale
+
+    def scale_128(w):
+        scale = w.abs().amax(dim=1) / 128
+        return torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8), scale
+
+    def truncated(w):
+        scale = w.abs().amax(dim=1) / 127
+        return torch.clamp(torch.trunc(w / scale[:, None]), -127, 127).to(torch.int8), scale
+
+    assert_judged(
+        checks.check_per_channel_int8,
+        reference,
+        [alternative],
+        [
+            ("one scale for the whole matrix", one_scale),
+            ("scale = max", scale_128),
+            ("do not truncate", truncated),
+            ("must be torch.int8", lambda w: (reference(w)[0].float(), reference(w)[1])),
+        ],
+    )
+
+
+def test_global_magnitude_masks_check():
+    def reference(weights, sparsity):
+        everything = torch.cat([w.abs().flatten() for w in weights])
+        k = round(sparsity * everything.numel())
+        threshold = everything.kthvalue(k).values
+        return [(w.abs() > threshold).float() for w in weights]
+
+    def alternative(weights, sparsity):  # argsort over everything, then split back
+        flat = torch.cat([w.flatten() for w in weights])
+        mask = torch.ones_like(flat)
+        mask[flat.abs().argsort()[: round(sparsity * flat.numel())]] = 0
+        return [m.reshape(w.shape) for m, w in zip(mask.split([w.numel() for w in weights]), weights, strict=True)]
+
+    def per_layer(weights, sparsity):
+        out = []
+        for w in weights:
+            mask = torch.ones(w.numel())
+            mask[w.abs().flatten().argsort()[: round(sparsity * w.numel())]] = 0
+            out.append(mask.reshape(w.shape))
+        return out
+
+    def largest(weights, sparsity):
+        flat = torch.cat([w.abs().flatten() for w in weights])
+        mask = torch.ones_like(flat)
+        mask[flat.argsort(descending=True)[: round(sparsity * flat.numel())]] = 0
+        return [m.reshape(w.shape) for m, w in zip(mask.split([w.numel() for w in weights]), weights, strict=True)]
+
+    assert_judged(
+        checks.check_global_magnitude_masks,
+        reference,
+        [alternative],
+        [
+            ("rank all the matrices' weights together", per_layer),
+            ("zeroed the LARGEST", largest),
+            ("share of weights set to ZERO", lambda ws, s: reference(ws, 1 - s)),
+            ("one mask per matrix", lambda ws, s: reference(ws, s)[:1] if len(ws) > 1 else []),
+        ],
+    )
+
+
+def test_distillation_loss_check():
+    import torch.nn.functional as F
+
+    def reference(s, t, labels, temperature, alpha):
+        log_s, log_t = F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1)
+        soft = (log_t.exp() * (log_t - log_s)).sum(-1).mean() * temperature**2
+        known = labels >= 0
+        return alpha * soft + (1 - alpha) * F.cross_entropy(s[known], labels[known])
+
+    def alternative(s, t, labels, temperature, alpha):  # torch's KL with batchmean, CE with ignore_index
+        soft = F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
+        return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(s, labels, ignore_index=-1)
+
+    def no_t_squared(s, t, labels, temperature, alpha):
+        return reference(s, t, labels, temperature, alpha) - alpha * (temperature**2 - 1) * (
+            reference(s, t, labels, temperature, 1.0) / temperature**2
+        )
+
+    def reversed_kl(s, t, labels, temperature, alpha):
+        return reference(t, s, labels, temperature, 1.0) * alpha + (1 - alpha) * reference(s, t, labels, 1.0, 0.0)
+
+    def unsoftened(s, t, labels, temperature, alpha):
+        log_s, p_t = F.log_softmax(s / temperature, -1), F.softmax(t, -1)
+        soft = (p_t * (p_t.log() - log_s)).sum(-1).mean() * temperature**2
+        known = labels >= 0
+        return alpha * soft + (1 - alpha) * F.cross_entropy(s[known], labels[known])
+
+    def all_rows(s, t, labels, temperature, alpha):
+        return reference(s, t, labels.clamp(min=0), temperature, alpha)
+
+    assert_judged(
+        checks.check_distillation_loss,
+        reference,
+        [alternative],
+        [
+            ("multiply the soft \\(KL\\) term by T\\^2", no_t_squared),
+            ("KL\\(teacher \\|\\| student\\)", reversed_kl),
+            ("divide the teacher's logits by T too", unsoftened),
+            ("leave them out of the cross-entropy", all_rows),
+        ],
+    )
