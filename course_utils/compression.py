@@ -460,9 +460,10 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     """A copy with every nn.Linear in int8 (weights per tensor, activations quantized per batch at run time).
 
     This is `torch.ao.quantization.quantize_dynamic` (FBGEMM kernels). PyTorch marks torch.ao deprecated in
-    favour of torchao, whose int8 path targets GPUs and torch.compile and ran *slower* than fp32 on this CPU in
-    eager mode, so the course keeps the torch.ao call while it exists, silences its deprecation notices here
-    (they are about the future, not this result) and teaches ONNX Runtime as the maintained CPU int8 path.
+    favour of torchao, whose int8 path targets GPUs and torch.compile (in a trial on the course's 2-core CPU it did
+    not speed this model up in eager mode), so the course keeps the torch.ao call while it exists, silences its
+    deprecation notices here (they are about the future, not this result) and teaches ONNX Runtime as the
+    maintained CPU int8 path.
     """
     if (
         "fbgemm" not in torch.backends.quantized.supported_engines
