@@ -114,20 +114,23 @@ def encode(tokenizer, texts: list[str], max_length: int = 64) -> tuple[np.ndarra
     return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
 
-def predict_proba(runner, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, C) from any runner, in batches sorted by length."""
+def predict_logits(runner, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) from any runner, in batches sorted by length, returned in the texts' order."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: list[np.ndarray] = []
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
-        logits = runner.logits(*encode(tokenizer, [texts[i] for i in idx], max_length))
-        out.append(logits)
-    logits = np.concatenate(out)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    result = np.empty_like(probs)
-    result[order] = probs
+        out.append(runner.logits(*encode(tokenizer, [texts[i] for i in idx], max_length)))
+    result = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+    result[order] = np.concatenate(out)
     return result
+
+
+def predict_proba(runner, tokenizer, texts: list[str], max_length: int = 64, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (N, C) from any runner (a softmax of `predict_logits`)."""
+    logits = predict_logits(runner, tokenizer, texts, max_length, batch_size)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

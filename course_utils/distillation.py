@@ -152,13 +152,7 @@ def student_from_teacher(teacher: torch.nn.Module, layers: list[int]) -> torch.n
 
 def teacher_logits(teacher: torch.nn.Module, tokenizer, texts: list[str], max_length: int = 64) -> np.ndarray:
     """The teacher's logits (N, C) for every text (what the student is taught to match)."""
-    runner = compression.TorchRunner(teacher)
-    probs_order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), teacher.config.num_labels), dtype=np.float32)
-    for start in range(0, len(texts), 64):
-        idx = probs_order[start : start + 64]
-        out[idx] = runner.logits(*compression.encode(tokenizer, [texts[i] for i in idx], max_length))
-    return out
+    return compression.predict_logits(compression.TorchRunner(teacher), tokenizer, texts, max_length)
 
 
 # ---------------------------------------------------------------- peft
@@ -205,10 +199,17 @@ class Trained:
 
 
 def _cached(
-    kind: str, key: str, build: Callable[[], torch.nn.Module], train: Callable[[torch.nn.Module], list[float]]
+    kind: str,
+    key: str,
+    build: Callable[[], torch.nn.Module],
+    train: Callable[[torch.nn.Module], list[float]],
+    retrain: bool | None,
 ) -> Trained:
-    """Load a cached run (weights + losses) into `build()`'s model, or train it and cache it atomically."""
+    """Load a cached run (weights + losses) into `build()`'s model, or train it and cache it atomically; `retrain`
+    (None: COURSE_RETRAIN) removes the cached run first."""
     folder = store.path(kind, key)
+    if config.retrain_requested() if retrain is None else retrain:
+        store.remove(folder)
     model = build()
     trainable = modeling.count_parameters(model, trainable_only=True)
     if (folder / "run.json").exists():
@@ -247,13 +248,11 @@ def recover(
     structurally) and trained with its masks attached, so the zeros stay zero; the result has the masks folded in."""
     compression.check_sparsity(sparsity)
     key = run_key("recover", model, sparsity, frame, recipe)
-    if retrain if retrain is not None else config.retrain_requested():
-        store.remove(store.path("recovered", key))
 
     def train(pruned):
         return train_loop(pruned.to(config.device()), tokenizer, frame, recipe, progress=progress, desc="recovery")
 
-    trained = _cached("recovered", key, lambda: compression.magnitude_prune(model, sparsity), train)
+    trained = _cached("recovered", key, lambda: compression.magnitude_prune(model, sparsity), train, retrain)
     compression.make_pruning_permanent(trained.model)
     return trained
 
@@ -274,15 +273,13 @@ def distill(
     if soft is None and (frame["label"] < 0).any():
         raise ValueError("unlabelled rows (label -1) need the teacher's logits: pass soft= and alpha > 0")
     key = run_key("distill", student, frame, recipe, soft if soft is not None else "labels only")
-    if retrain if retrain is not None else config.retrain_requested():
-        store.remove(store.path("students", key))
 
     def train(model):
         return train_loop(
             model.to(config.device()), tokenizer, frame, recipe, soft, progress=progress, desc="distillation"
         )
 
-    return _cached("students", key, lambda: copy.deepcopy(student), train)
+    return _cached("students", key, lambda: copy.deepcopy(student), train, retrain)
 
 
 def peft_finetune(
@@ -299,8 +296,6 @@ def peft_finetune(
     steps = -(-len(frame) // recipe.batch_size) * recipe.epochs
     peft_config(method, rank, steps)  # validates the method name before any work
     key = run_key("peft", method, rank, frame, recipe, modeling.pretrained_identity())
-    if retrain if retrain is not None else config.retrain_requested():
-        store.remove(store.path("peft", key))
 
     def build():
         torch.manual_seed(recipe.seed)
@@ -318,7 +313,7 @@ def peft_finetune(
             model.to(config.device()), tokenizer, frame, recipe, after_step=hook, progress=progress, desc=method
         )
 
-    return _cached("peft", key, build, train)
+    return _cached("peft", key, build, train, retrain)
 
 
 def recipe_summary(recipe: Recipe) -> dict:

@@ -132,7 +132,6 @@ def test_gate_importance_is_the_gradient_of_the_loss_by_each_gate(tokenizer, fra
     batch = next(modeling.batches(frame, tokenizer, len(frame), 32))
 
     def loss_with(layer: int, head: int, value: float) -> float:
-        keep = {i: [0, 1, 2, 3] for i in range(3)}
         gate = torch.ones(4, dtype=torch.float64)
         gate[head] = value
         hook = compression.blocks(model)[layer].attention.self.register_forward_hook(
@@ -143,7 +142,6 @@ def test_gate_importance_is_the_gradient_of_the_loss_by_each_gate(tokenizer, fra
                 return float(model(**batch).loss)
         finally:
             hook.remove()
-            del keep
 
     eps = 1e-2
     for layer, head in [(0, 1), (2, 3)]:
