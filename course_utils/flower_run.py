@@ -5,9 +5,9 @@ separate processes on 127.0.0.1, submits the app with `flwr run`, and tears ever
 - put Flower's and Ray's files in a fresh temporary folder (FLWR_HOME, RAY_TMPDIR), never ~/.flwr or /tmp/ray;
 - switch off telemetry, update checks and run-time dependency installation (`flwr run` would otherwise build a
   fresh environment and download packages);
-- tag every process they start with COURSE_FLWR_TAG in its environment and, on exit, failure, Ctrl-C or SIGTERM,
-  stop every process carrying the tag (Ray's actors and Flower's SuperExec children included): SIGTERM, then
-  SIGKILL after a grace period.
+- tag every process they start with COURSE_PROC_TAG (`processes.py`) in its environment and, on exit, failure,
+  Ctrl-C or SIGTERM, stop every process carrying the tag (Ray's actors and Flower's SuperExec children included):
+  SIGTERM, then SIGKILL after a grace period.
 In Flower 1.42 a SuperLink serves its APIs over HTTP on one `--host`/`--port` (the older `--fleet-api-address` and
 `--control-api-address` are deprecated). Moving to several machines: start the SuperLink on one (`--host 0.0.0.0`,
 TLS certificates instead of `--insecure`), a SuperNode on each data holder (`--superlink HOST:PORT`,
@@ -18,47 +18,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
-
+from . import processes
 from .flower_app import DEFAULTS
+from .processes import TAG
 
-TAG = "COURSE_FLWR_TAG"
-GRACE_S = 5.0
+GRACE_S = processes.GRACE_S
+tagged_processes = processes.tagged_processes
+stop_tagged = processes.stop_tagged
+listening_port = processes.listening_port
+wait_for_port = processes.wait_for_port
+_start = processes.start
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> int:
     """Return `port` if nothing listens on host:port, else a one-line error naming the fix."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
-        raise ValueError(f"port must be an integer in 1024..65535, got {port!r}")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no conflict
-        try:
-            sock.bind((host, port))
-        except OSError:
-            raise ValueError(
-                f"port {port} on {host} is in use; stop what listens there or pass another --base-port"
-            ) from None
-    return port
-
-
-@contextmanager
-def listening_port(host: str = "127.0.0.1"):
-    """A port something listens on for the duration (to show the port-in-use error)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    return processes.check_port_free(port, host, fix="pass another --base-port")
 
 
 def flower_env(folder: Path, tag: str) -> dict[str, str]:
@@ -83,84 +62,9 @@ def flower_env(folder: Path, tag: str) -> dict[str, str]:
     return env
 
 
-def tagged_processes(tag: str) -> list[psutil.Process]:
-    """Every running process whose environment carries COURSE_FLWR_TAG=tag."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(TAG) == tag:
-                found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
-            continue
-    return found
-
-
-def stop_tagged(tag: str, grace: float = GRACE_S) -> int:
-    """SIGTERM every process with the tag, SIGKILL what is left after `grace` seconds; returns how many."""
-    procs = tagged_processes(tag)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    return len(procs)
-
-
-@contextmanager
 def flower_session(keep: bool = False):
-    """A temporary folder and tag for one engine run; on exit (also on error, Ctrl-C or SIGTERM) every tagged
-    process is stopped and the folder removed."""
-    folder = Path(tempfile.mkdtemp(prefix="course-flwr-"))
-    tag = uuid.uuid4().hex
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):  # turn SIGTERM into an exception so the finally block runs
-        raise KeyboardInterrupt("SIGTERM")
-
-    in_main = threading_is_main()
-    if in_main:
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield folder, tag
-    finally:
-        stop_tagged(tag)
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
-        if not keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def threading_is_main() -> bool:
-    """True in the main thread (only there may signal handlers be set)."""
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
-    """Block until something accepts connections on host:port (a just-started server), or raise TimeoutError."""
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s; see the SuperLink's log")
-
-
-def _start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """Start one process (its own session), output to `log`."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+    """A temporary folder and tag for one engine run (`processes.session`): every tagged process stopped on exit."""
+    return processes.session(prefix="course-flwr-", keep=keep)
 
 
 # ---------------------------------------------------------------------------------------------- simulation

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import config, store
+from . import config, store, tracking  # tracking imports report too: both use attributes at call time only
 
 Scalar = float | int | str | bool | None
 CHAPTER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -48,8 +48,8 @@ def as_scalar(key: str, value: object) -> Scalar:
     return value
 
 
-def record(chapter: str, figures: Mapping[str, object], directory: Path | None = None) -> Path:
-    """Write a chapter's key figures to <results>/figures/<chapter>.json, replacing earlier ones."""
+def record(chapter: str, figures: Mapping[str, object], directory: Path | None = None, track: bool = True) -> Path:
+    """Write a chapter's figures to <results>/figures/<chapter>.json (replacing earlier ones); log a run if `track`."""
     path = figure_path(chapter, directory)
     if not isinstance(figures, Mapping):
         raise ValueError(
@@ -62,6 +62,8 @@ def record(chapter: str, figures: Mapping[str, object], directory: Path | None =
             raise ValueError(f"figure names must be non-empty strings, got {key!r}; rename the key")
         clean[key] = as_scalar(key, value)
     store.write_text(path, json.dumps(clean, indent=1, allow_nan=False) + "\n")
+    if track:
+        tracking.log_run(chapter, clean, directory=directory)  # the run log of chapter 07: <results>/runs.jsonl
     return path
 
 
