@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -55,7 +56,8 @@ class ModelSpec:
 def _export_files(model, tokenizer, sample: tuple[np.ndarray, np.ndarray], folder: Path) -> None:
     """Write tokenizer/, torch/ (safetensors), model_fp32.onnx (chapter 04's when it matches) and model_int8.onnx."""
     tokenizer.save_pretrained(folder / "tokenizer")
-    model.save_pretrained(folder / "torch", safe_serialization=True)
+    with modeling.quiet_transformers():
+        model.save_pretrained(folder / "torch", safe_serialization=True)
     chapter04 = store.path("compression", "teacher_fp32.onnx")
     reused = False
     if chapter04.exists():
@@ -73,17 +75,22 @@ def _export_files(model, tokenizer, sample: tuple[np.ndarray, np.ndarray], folde
     store.write_json(folder / "made.json", {"reused_chapter04_export": reused})
 
 
-def prepare_models(fine_tuned: modeling.FineTuned, sample_texts: list[str]) -> dict[str, ModelSpec]:
-    """The three servable files of a fine-tuned classifier, written once per model (cache key: its weights)."""
+def prepare_models(
+    fine_tuned: modeling.FineTuned, sample_texts: list[str], label_names: list[str] | None = None
+) -> dict[str, ModelSpec]:
+    """The three servable files of a fine-tuned classifier, written once per model (cache key: its weights and
+    class names); `label_names` name the classes in the model's output order (default: the model config's)."""
     if not sample_texts:
         raise ValueError("sample_texts is empty; pass a few sentences to check the ONNX export on")
     model = fine_tuned.model.float().cpu().eval()
-    key = store.key(DEPLOY_VERSION, model)
+    labels = tuple(label_names) if label_names is not None else label_names_from(fine_tuned)
+    if len(labels) != model.config.num_labels:
+        raise ValueError(f"{len(labels)} label names for a model with {model.config.num_labels} classes; pass one each")
+    key = store.key(DEPLOY_VERSION, model, labels)
     folder = store.path("deploy", key)
     if not (folder / "made.json").exists():
         sample = compression.encode(fine_tuned.tokenizer, sample_texts)
         store.write_dir(folder, lambda tmp: _export_files(model, fine_tuned.tokenizer, sample, tmp))
-    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     files = {"torch_fp32": ("torch", folder / "torch"), "onnx_fp32": ("onnx", folder / "model_fp32.onnx"),
              "onnx_int8": ("onnx", folder / "model_int8.onnx")}  # fmt: skip
     specs = {}
@@ -247,26 +254,37 @@ async def _load(url: str, headers: dict, texts: list[str], concurrency: int, req
                 if reply.status_code == 200:
                     latencies.append(time.perf_counter() - start)
 
-        await asyncio.gather(*(one(i) for i in range(min(concurrency, requests))))  # warm-up: not counted
-        latencies.clear(), statuses.clear()
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(requests)))
         wall = time.perf_counter() - started
     return {**summarise(latencies, wall), "errors": sum(s != 200 for s in statuses), "wall_s": wall}
 
 
+def _in_thread(coro):
+    """Run a coroutine on a fresh event loop in a worker thread (a notebook's kernel already runs one)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def load_test(service: Service, texts: list[str], concurrency: int, requests: int) -> dict:
     """A bounded load test on loopback: `requests` single-text requests, `concurrency` in flight; p50/p95/p99 ms,
-    requests per second, errors. Runs its own event loop in a thread (a notebook's kernel already has one)."""
+    requests per second, errors, and from the service's /metrics the mean texts per model call and the share of
+    the wall time the model was busy (after a warm-up of `concurrency` requests, which is not counted)."""
     check_loopback(service.url)
     for name, value in (("concurrency", concurrency), ("requests", requests)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
             raise ValueError(f"{name} must be an integer in 1..10000, got {value!r}")
     if not texts:
         raise ValueError("texts is empty; pass the sentences to send")
-    with ThreadPoolExecutor(1) as pool:
-        result = pool.submit(asyncio.run, _load(service.url, service.headers, texts, concurrency, requests)).result()
-    return {"concurrency": concurrency, "requests": requests, **result}
+    _in_thread(_load(service.url, service.headers, texts, concurrency, min(concurrency, requests)))  # warm-up
+    before = scrape(service)
+    result = _in_thread(_load(service.url, service.headers, texts, concurrency, requests))
+    after = scrape(service)
+    calls, sent, busy = (
+        after[k] - before.get(k, 0.0) for k in ("batch_size_count", "batch_size_sum", "model_call_seconds_sum")
+    )
+    return {"concurrency": concurrency, "requests": requests, **result, "mean_batch": sent / max(calls, 1),
+            "model_busy": busy / result["wall_s"]}  # fmt: skip
 
 
 def scrape(service: Service) -> dict[str, float]:
@@ -366,3 +384,44 @@ def run_faults(service: Service) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows).astype({"expected": "Int64", "got": "Int64"})
+
+
+# ---------------------------------------------------------------- `bash course serve`
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C, so the `with` block stops the service."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`bash course serve`: chapter 00's model behind the service on 127.0.0.1 until Ctrl-C, then stopped."""
+    import argparse
+
+    from . import config, data
+
+    parser = argparse.ArgumentParser(prog="bash course serve", description=main.__doc__)
+    parser.add_argument("--model", choices=["onnx_int8", "onnx_fp32", "torch_fp32"], default="onnx_int8")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-batching", action="store_true", help="one model call per request")
+    args = parser.parse_args(argv)
+    config.setup(seed=123, verbose=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the service as Ctrl-C does
+    fine_tuned = modeling.course_model(progress=True)
+    splits = data.course_splits()
+    spec = prepare_models(fine_tuned, list(splits.test["text"].head(8)), splits.label_names)[args.model]
+    with Service(spec, workers=args.workers, port=args.port, batching=not args.no_batching) as service:
+        print(f"serving {spec.version} on {service.url} ({args.workers} worker(s)); Ctrl-C stops it")
+        print(f"API key for this run (not stored anywhere): {service.key}")
+        print(f'try: curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
+              f"-d '{{\"texts\": [\"a fine film\"]}}' {service.url}/predict")  # fmt: skip
+        try:
+            service.process.wait()
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -349,6 +349,8 @@ def _metrics(registry: CollectorRegistry) -> dict:
         "latency": Histogram("request_latency_seconds", "Time to answer", ["path"], registry=registry,
                              buckets=LATENCY_BUCKETS),
         "batch": Histogram("batch_size", "Texts per model call", registry=registry, buckets=BATCH_BUCKETS),
+        "model": Histogram("model_call_seconds", "Time the model takes per call (tokenizing included)",
+                           registry=registry, buckets=LATENCY_BUCKETS),
         "queue": Gauge("queue_depth", "Requests waiting for the model", registry=registry),
     }  # fmt: skip
 
@@ -413,7 +415,9 @@ def create_app(cfg: ServiceConfig, runner=None, tokenizer=None) -> FastAPI:
 
     def predict(texts: list[str]) -> np.ndarray:
         metrics["batch"].observe(len(texts))
-        return _softmax(compression.predict_logits(runner, tokenizer, texts, cfg.max_length, batch_size=len(texts)))
+        with metrics["model"].time():
+            logits = compression.predict_logits(runner, tokenizer, texts, cfg.max_length, batch_size=len(texts))
+        return _softmax(logits)
 
     batcher = MicroBatcher(predict, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue, executor)
 

@@ -618,6 +618,7 @@ ALL_QUESTIONS = {
     **checks.ch02.QUESTIONS,
     **checks.ch03.QUESTIONS,
     **checks.ch04.QUESTIONS,
+    **checks.ch07.QUESTIONS,
 }
 
 
@@ -627,9 +628,11 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4"}[
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch07": "7"}[
             next(
-                name for name in ("ch00", "ch01", "ch02", "ch03", "ch04") if exercise in getattr(checks, name).QUESTIONS
+                name
+                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch07")
+                if exercise in getattr(checks, name).QUESTIONS
             )
         ]
     )
@@ -766,5 +769,99 @@ def test_distillation_loss_check():
             ("KL\\(teacher \\|\\| student\\)", reversed_kl),
             ("divide the teacher's logits by T too", unsoftened),
             ("leave them out of the cross-entropy", all_rows),
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- chapter 07
+
+
+def test_form_batches_check():
+    def reference(arrivals, max_batch, max_wait):
+        batches, current, opened = [], [], 0.0
+        for i, t in enumerate(arrivals):
+            if current and (len(current) == max_batch or t > opened + max_wait):
+                batches.append(current)
+                current = []
+            if not current:
+                opened = t
+            current.append(i)
+        return batches + [current] if current else batches
+
+    def alternative(arrivals, max_batch, max_wait):  # a queue consumed batch by batch
+        pending, batches = list(range(len(arrivals))), []
+        while pending:
+            first = pending[0]
+            batch = [i for i in pending if arrivals[i] <= arrivals[first] + max_wait][:max_batch]
+            batches.append(batch)
+            pending = pending[len(batch) :]
+        return batches
+
+    def no_cap(arrivals, max_batch, max_wait):
+        return reference(arrivals, 10**6, max_wait)
+
+    def from_last(arrivals, max_batch, max_wait):
+        batches, current = [], []
+        for i, t in enumerate(arrivals):
+            if current and (len(current) == max_batch or t > arrivals[current[-1]] + max_wait):
+                batches.append(current)
+                current = []
+            current.append(i)
+        return batches + [current] if current else batches
+
+    def fixed_clock(arrivals, max_batch, max_wait):
+        groups = {}
+        for i, t in enumerate(arrivals):
+            window, slot = int(t // max_wait), 0
+            while len(groups.get((window, slot), [])) == max_batch:
+                slot += 1
+            groups.setdefault((window, slot), []).append(i)
+        return [groups[k] for k in sorted(groups)]
+
+    assert_judged(
+        checks.check_form_batches,
+        reference,
+        [alternative],
+        [
+            ("at most max_batch requests", no_cap),
+            ("FIRST request arrives, not the previous one", from_last),
+            ("not on a fixed clock", fixed_clock),
+            ("exactly one batch", lambda a, b, w: [list(range(len(a)))[:-1]]),
+        ],
+    )
+
+
+def test_load_summary_check():
+    def reference(sent, answered):
+        lat = (answered - sent) * 1000
+        rps = len(lat) / (answered.max() - sent.min())
+        return {"p50_ms": np.percentile(lat, 50), "p95_ms": np.percentile(lat, 95), "rps": rps}
+
+    def alternative(sent, answered):  # nearest-rank percentiles, plain Python
+        lat = sorted(1000 * (a - s) for s, a in zip(sent, answered, strict=True))
+        rank = lambda q: lat[max(0, math.ceil(q * len(lat)) - 1)]  # noqa: E731
+        return {"p50_ms": rank(0.5), "p95_ms": rank(0.95), "rps": len(lat) / (max(answered) - min(sent))}
+
+    def one_over_latency(sent, answered):
+        return {**reference(sent, answered), "rps": 1 / (answered - sent).mean()}
+
+    def mean_sd(sent, answered):
+        lat = (answered - sent) * 1000
+        return {**reference(sent, answered), "p95_ms": lat.mean() + 1.645 * lat.std()}
+
+    def seconds(sent, answered):
+        out = reference(sent, answered)
+        return {**out, "p50_ms": out["p50_ms"] / 1000, "p95_ms": out["p95_ms"] / 1000}
+
+    assert_judged(
+        checks.check_load_summary,
+        reference,
+        [alternative],
+        [
+            ("not 1 / mean latency", one_over_latency),
+            ("not mean \\+ 1.645 sd", mean_sd),
+            ("in milliseconds", seconds),
+            ("return a dict", lambda s, a: [1, 2, 3]),
+            ("p50_ms should be about", lambda s, a: {**reference(s, a), "p50_ms": 0.0}),
         ],
     )
