@@ -66,6 +66,7 @@ class ServiceConfig:
     batching: bool = True
     max_batch: int = 32
     max_wait_ms: float = 5.0
+    model_batch: int = 16  # texts per model call inside a batch: sorted by length, then cut (less padding)
     max_queue: int = 256
     request_timeout_s: float = 10.0
     body_timeout_s: float = 5.0
@@ -77,7 +78,8 @@ def check_config(cfg: ServiceConfig) -> ServiceConfig:
     """Refuse a config that cannot serve, with one line that names the field."""
     if cfg.model_kind not in ("onnx", "torch"):
         raise ServiceError(f"model_kind must be 'onnx' or 'torch', got {cfg.model_kind!r}")
-    for name in ("max_length", "max_texts", "max_chars", "max_body_bytes", "max_batch", "max_queue", "threads"):
+    for name in ("max_length", "max_texts", "max_chars", "max_body_bytes", "max_batch", "max_queue", "threads",
+                 "model_batch"):  # fmt: skip
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ServiceError(f"{name} must be a positive integer, got {value!r}")
@@ -180,27 +182,27 @@ class MicroBatcher:
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         """Probabilities (N, C) for `texts`, computed in a shared batch; Overloaded when the queue is full."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         try:
-            self.queue.put_nowait((texts, future))
+            self.queue.put_nowait((texts, future, loop.time()))
         except asyncio.QueueFull:
             raise Overloaded(f"{self.queue.maxsize} requests are waiting") from None
         return await future
 
     async def _collect(self) -> list[tuple[list[str], asyncio.Future]]:
-        """One batch: the first waiting request, then whatever arrives before the batch is full or the wait ends."""
+        """One batch: the first waiting request, then whatever arrives before the batch is full or `max_wait_s` has
+        passed since that first request ARRIVED (requests that queued while the model was busy do not wait again)."""
         loop = asyncio.get_running_loop()
-        items = [await self.queue.get()]
-        count, deadline = len(items[0][0]), loop.time() + self.max_wait_s
+        texts, future, arrived = await self.queue.get()
+        items, count, deadline = [(texts, future)], len(texts), arrived + self.max_wait_s
         while count < self.max_batch:
             left = deadline - loop.time()
-            if left <= 0 and self.queue.empty():
-                break
             try:
                 item = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
             except (TimeoutError, asyncio.QueueEmpty):
                 break
-            items.append(item)
+            items.append(item[:2])
             count += len(item[0])
         return [(texts, future) for texts, future in items if not future.done()]  # a cancelled client is skipped
 
@@ -416,7 +418,7 @@ def create_app(cfg: ServiceConfig, runner=None, tokenizer=None) -> FastAPI:
     def predict(texts: list[str]) -> np.ndarray:
         metrics["batch"].observe(len(texts))
         with metrics["model"].time():
-            logits = compression.predict_logits(runner, tokenizer, texts, cfg.max_length, batch_size=len(texts))
+            logits = compression.predict_logits(runner, tokenizer, texts, cfg.max_length, batch_size=cfg.model_batch)
         return _softmax(logits)
 
     batcher = MicroBatcher(predict, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue, executor)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_compression import tiny_bert
 
-from course_utils import compression, deploy, processes, serving
+from course_utils import compression, deploy, processes, serving, store
 
 TEXTS = ["a fine film", "dull and long", "the best movie this year", "i want my money back", "not bad at all"]
 
@@ -207,3 +207,15 @@ def test_bad_service_settings_are_one_line_errors(service, change, message):
 def test_config_file_holds_no_key(service):
     raw = json.loads((service.folder / "service.json").read_text())
     assert service.key not in json.dumps(raw) and raw["key_sha256"] == hashlib.sha256(service.key.encode()).hexdigest()
+
+
+def test_chapter_04_export_is_reused_only_for_the_same_model(tmp_path, monkeypatch, tokenizer):
+    """Catches: serving chapter 04's file for a different model (the other mode's), or never reusing it."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    same = tiny_bert(seed=3)
+    sample = compression.encode(tokenizer, TEXTS)
+    compression.export_onnx(same, store.path("compression", "teacher_fp32.onnx"), sample)
+    reused = deploy.prepare_models(SimpleNamespace(model=same, tokenizer=tokenizer), TEXTS)
+    fresh = deploy.prepare_models(SimpleNamespace(model=tiny_bert(seed=4), tokenizer=tokenizer), TEXTS)
+    assert deploy.reused_chapter04(reused["onnx_fp32"]) and not deploy.reused_chapter04(fresh["onnx_fp32"])
+    assert reused["onnx_fp32"].sha256 != fresh["onnx_fp32"].sha256
