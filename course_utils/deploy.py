@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["onnx_int8", "onnx_fp32", "torch_fp32"], default="onnx_int8")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="model threads per worker (default: cores / workers)")
     parser.add_argument("--no-batching", action="store_true", help="one model call per request")
     args = parser.parse_args(argv)
     config.setup(seed=123, verbose=False)
@@ -411,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     fine_tuned = modeling.course_model(progress=True)
     splits = data.course_splits()
     spec = prepare_models(fine_tuned, list(splits.test["text"].head(8)), splits.label_names)[args.model]
-    with Service(spec, workers=args.workers, port=args.port, batching=not args.no_batching) as service:
-        print(f"serving {spec.version} on {service.url} ({args.workers} worker(s)); Ctrl-C stops it")
+    threads = args.threads or max(1, config.thread_count() // max(args.workers, 1))
+    with Service(spec, workers=args.workers, port=args.port, threads=threads, batching=not args.no_batching) as service:
+        print(f"serving {spec.version} on {service.url} ({args.workers} x {threads} threads); Ctrl-C stops it")
         print(f"API key for this run (not stored anywhere): {service.key}")
         print(f'try: curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
               f"-d '{{\"texts\": [\"a fine film\"]}}' {service.url}/predict")  # fmt: skip

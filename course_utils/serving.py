@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from .assets import sha256_of as sha256_file
 from .cleaning import redact_pii
 
 CONFIG_ENV = "TRUSTWORTHY_SERVICE_CONFIG"  # how uvicorn's worker processes find the config (not a course setting)
@@ -110,15 +111,6 @@ def write_config(cfg: ServiceConfig, path: Path) -> Path:
     path.write_text(json.dumps(asdict(check_config(cfg)), indent=1))
     path.chmod(0o600)
     return path
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_file(kind: str, path: Path) -> Path:
