@@ -224,12 +224,6 @@ class MicroBatcher:
 # ---------------------------------------------------------------- the app
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax (N, C)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def _json_reply(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
     """A JSON error body {"detail": ...}."""
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -410,8 +404,7 @@ def create_app(cfg: ServiceConfig, runner=None, tokenizer=None) -> FastAPI:
     def predict(texts: list[str]) -> np.ndarray:
         metrics["batch"].observe(len(texts))
         with metrics["model"].time():
-            logits = compression.predict_logits(runner, tokenizer, texts, cfg.max_length, batch_size=cfg.model_batch)
-        return _softmax(logits)
+            return compression.predict_proba(runner, tokenizer, texts, cfg.max_length, batch_size=cfg.model_batch)
 
     batcher = MicroBatcher(predict, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_queue, executor)
 
