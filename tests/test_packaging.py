@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 RUNNER = {"nbformat", "nbclient", "ipykernel", "psutil", "pyzmq", "traitlets"}  # what `course run` needs too
-NOTEBOOK_TOOLS = RUNNER - {"psutil"} | {"ipywidgets", "jupyterlab", "nbval", "pytest"}  # psutil: chapter 03 too
+# psutil: chapter 03 too; ipywidgets: chapter 05's explorer widget is learners' code (Colab pins 7.7.1)
+NOTEBOOK_TOOLS = RUNNER - {"psutil"} | {"jupyterlab", "nbval", "pytest"}
 IMPORT_NAMES = {"sklearn": "scikit-learn", "zmq": "pyzmq"}  # import name -> distribution name, where they differ
 
 
