@@ -618,6 +618,7 @@ ALL_QUESTIONS = {
     **checks.ch02.QUESTIONS,
     **checks.ch03.QUESTIONS,
     **checks.ch04.QUESTIONS,
+    **checks.ch05.QUESTIONS,
     **checks.ch07.QUESTIONS,
 }
 
@@ -628,10 +629,10 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch07": "7"}[
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch05": "5", "ch07": "7"}[
             next(
                 name
-                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch07")
+                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch07")
                 if exercise in getattr(checks, name).QUESTIONS
             )
         ]
@@ -864,4 +865,67 @@ def test_load_summary_check():
             ("return a dict", lambda s, a: [1, 2, 3]),
             ("p50_ms should be about", lambda s, a: {**reference(s, a), "p50_ms": 0.0}),
         ],
+    )
+
+
+def test_comprehensiveness_check():
+    reference = checks.ch05.comprehensiveness_reference
+
+    def with_a_loop(predict, words, scores, target, bins):  # the same quantity, written differently
+        ranked = sorted(range(len(words)), key=lambda i: -scores[i])
+        base = predict([" ".join(words)])[0][target]
+        total = 0.0
+        for share in bins:
+            k = max(1, -(-int(share * 1000) * len(words) // 1000))
+            kept = [w for i, w in enumerate(words) if i not in ranked[:k]]
+            total += base - predict([" ".join(kept)])[0][target]
+        return total / len(bins)
+
+    def lowest(predict, words, scores, target, bins):
+        return reference(predict, words, -np.asarray(scores), target, bins)
+
+    def without_only(predict, words, scores, target, bins):
+        return predict([" ".join(words)])[0, target] - reference(predict, words, scores, target, bins)
+
+    def last_bin(predict, words, scores, target, bins):
+        return reference(predict, words, scores, target, bins[-1:])
+
+    assert_judged(
+        checks.check_comprehensiveness,
+        reference,
+        [with_a_loop],
+        [
+            ("HIGHEST-scoring", lowest),
+            ("not p\\(x without the words\\)", without_only),
+            ("average over all the bins", last_bin),
+            ("at least one word", checks.ch05._floored),
+        ],
+    )
+
+
+def test_integrated_gradients_check():
+    def midpoint(grad, x, baseline, steps):
+        alphas = (np.arange(steps) + 0.5) / steps
+        return grad(baseline + alphas[:, None] * (x - baseline)).mean(0) * (x - baseline)
+
+    def trapezoid(grad, x, baseline, steps):  # a different rule, as accurate at 64 points
+        alphas = np.linspace(0, 1, steps + 1)
+        g = grad(baseline + alphas[:, None] * (x - baseline))
+        return ((g[:-1] + g[1:]) / 2).mean(0) * (x - baseline)
+
+    def at_x_only(grad, x, baseline, steps):
+        return grad(x[None, :])[0] * x
+
+    def times_x(grad, x, baseline, steps):
+        return midpoint(grad, x, baseline, steps) / (x - baseline) * x
+
+    def wrong_path(grad, x, baseline, steps):  # integrates along a path that never reaches x
+        alphas = (np.arange(steps) + 0.5) / steps / 2
+        return grad(baseline + alphas[:, None] * (x - baseline)).mean(0) * (x - baseline)
+
+    assert_judged(
+        checks.check_integrated_gradients,
+        midpoint,
+        [trapezoid],
+        [("gradient x input at x alone", at_x_only), ("not by x", times_x), ("completeness", wrong_path)],
     )
