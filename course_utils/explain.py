@@ -72,7 +72,8 @@ def encode(model, tokenizer, text: str) -> Encoded:
     """Tokenise one sentence without truncation, refusing empty text and text longer than the model reads."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text is empty; pass a sentence with at least one word")
-    enc = tokenizer([text], truncation=False, return_offsets_mapping=True, return_tensors="pt")
+    with modeling.quiet_transformers():  # the length is checked below, with a clearer message than the tokenizer's
+        enc = tokenizer([text], truncation=False, return_offsets_mapping=True, return_tensors="pt")
     limit = model.config.max_position_embeddings
     length = enc["input_ids"].shape[1]
     if length > limit:

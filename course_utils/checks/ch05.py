@@ -140,19 +140,19 @@ def check_integrated_gradients(fn: Callable) -> None:
 
 QUESTIONS = {
     "5.3": Question(
-        "In this chapter, deleting the words with the most last-layer [CLS] attention changed the prediction about "
-        "as little as deleting random words, while deleting the top Integrated Gradients words changed it several "
-        "times more. What follows?",
+        "In this chapter, deleting the words with the most last-layer [CLS] attention changed the prediction more "
+        "than deleting random words but about half as much as deleting the top Integrated Gradients, LIME or SHAP "
+        "words. What follows?",
         {
             "a": "attention maps are useless and bertviz should not be used",
-            "b": "for this model, attention weight on a word is not a faithful measure of the word's influence on the "
+            "b": "for this model, attention weight on a word is a weak measure of the word's influence on the "
             "prediction; attention views show how information is routed, and claims about importance need a test",
             "c": "Integrated Gradients is always the most faithful explainer",
         },
         "b",
         {
-            "a": "attention views are good for studying what heads do (routing, syntax); they fail one specific "
-            "test, faithfulness as an importance score, on this model.",
+            "a": "attention views are good for studying what heads do (routing, syntax), and attention did beat random "
+            "here; it is a weaker importance score than the alternatives, not a useless one.",
             "b": "that is the measured claim, and its scope: this model, these sentences, this metric (Jain & Wallace "
             "2019; Wiegreffe & Pinter 2019 show the scope matters).",
             "c": "the result holds for this model and metric, with its spread; LIME and SHAP were as faithful here, "
