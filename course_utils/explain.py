@@ -177,8 +177,11 @@ def integrated_gradients(
     target = check_target(model, target)
     model.eval()
     start = time.perf_counter()
-    lig = LayerIntegratedGradients(_probability(model, target), model.base_model.embeddings)
+    prob = _probability(model, target)
+    lig = LayerIntegratedGradients(prob, model.base_model.embeddings)
     reference = baseline_ids(enc, tokenizer.pad_token_id)
+    with torch.no_grad():
+        gap = float(prob(enc.ids, enc.mask) - prob(reference, enc.mask))  # what the attributions must add up to
     calls = 0
     while True:
         attributions, delta = lig.attribute(
@@ -190,9 +193,6 @@ def integrated_gradients(
             return_convergence_delta=True,
         )
         calls += steps
-        with torch.no_grad():
-            prob = _probability(model, target)
-            gap = float(prob(enc.ids, enc.mask) - prob(reference, enc.mask))
         relative = abs(float(delta)) / max(abs(gap), 1e-6)
         if relative <= tolerance or steps >= max_steps:
             break
@@ -522,10 +522,10 @@ def explanation_shift(models: dict[str, torch.nn.Module], tokenizer, texts: Sequ
         raise ValueError(f"reference {reference!r} is not one of the models {sorted(models)}")
     scores: dict[str, list[np.ndarray]] = {name: [] for name in models}
     for name, model in models.items():
-        for text in texts:
+        targets = CountingPredict(model, tokenizer)(list(texts)).argmax(1)  # each model explains its own prediction
+        for text, target in zip(texts, targets, strict=True):
             enc = encode(model, tokenizer, text)
-            target = int(CountingPredict(model, tokenizer)([text])[0].argmax())
-            scores[name].append(integrated_gradients(model, tokenizer, enc, target).scores)
+            scores[name].append(integrated_gradients(model, tokenizer, enc, int(target)).scores)
     rows = []
     for name in models:
         pairs = list(zip(scores[reference], scores[name], strict=True))
