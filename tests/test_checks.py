@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit
 
-from course_utils import checks, cleaning, data, dataprep, evaluation, privacy
+from course_utils import calibration, checks, cleaning, data, dataprep, evaluation, privacy
 
 
 def stub(*args, **kwargs):
@@ -619,6 +619,7 @@ ALL_QUESTIONS = {
     **checks.ch03.QUESTIONS,
     **checks.ch04.QUESTIONS,
     **checks.ch05.QUESTIONS,
+    **checks.ch06.QUESTIONS,
     **checks.ch07.QUESTIONS,
 }
 
@@ -629,10 +630,10 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch05": "5", "ch07": "7"}[
+        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch05": "5", "ch06": "6", "ch07": "7"}[
             next(
                 name
-                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch07")
+                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07")
                 if exercise in getattr(checks, name).QUESTIONS
             )
         ]
@@ -928,4 +929,98 @@ def test_integrated_gradients_check():
         midpoint,
         [trapezoid],
         [("gradient x input at x alone", at_x_only), ("not by x", times_x), ("completeness", wrong_path)],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- chapter 06
+
+
+def binned_ece(confidence, outcome, bins, weighted=True, absolute=True, overall_accuracy=False, last_closed=True):
+    """ECE written as a loop over [lower, upper) bins, with switches for the typical mistakes."""
+    gaps, weights = [], []
+    for b in range(bins):
+        lower, upper = b / bins, (b + 1) / bins
+        inside = (confidence >= lower) & ((confidence < upper) | (last_closed and b == bins - 1))
+        if inside.any():
+            accuracy = outcome.mean() if overall_accuracy else outcome[inside].mean()
+            gap = accuracy - confidence[inside].mean()
+            gaps.append(abs(gap) if absolute else gap)
+            weights.append(inside.mean())
+    return float(np.dot(weights, gaps)) if weighted else float(np.mean(gaps))
+
+
+def test_ece_check():
+    def top_label(probs, labels, bins=10, **switches):
+        return binned_ece(probs.max(axis=1), probs.argmax(axis=1) == labels, bins, **switches)
+
+    def with_numpy_digitize(probs, labels, bins=10):  # (lower, upper] bins from np.digitize, no loop
+        confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float)
+        ids = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1), right=True) - 1, 0, bins - 1)
+        count = np.bincount(ids, minlength=bins)
+        gap = np.abs(np.bincount(ids, correct, bins) - np.bincount(ids, confidence, bins))  # sums, not means
+        return float(gap.sum() / count.sum())
+
+    def positive_class(probs, labels, bins=10):  # scikit-learn's calibration_curve view of class 1
+        return binned_ece(probs[:, 1], labels == 1, bins)
+
+    assert_judged(
+        checks.check_ece,
+        calibration.expected_calibration_error,
+        [top_label, with_numpy_digitize],
+        [
+            ("not done yet; your function returned None", lambda probs, labels, bins=10: None),
+            ("not the positive-class probability", positive_class),
+            ("not a plain mean over the bins", lambda p, y, bins=10: top_label(p, y, bins, weighted=False)),
+            (
+                "signed gaps of over- and underconfident bins cancel",
+                lambda p, y, bins=10: top_label(p, y, bins, absolute=False),
+            ),
+            ("accuracy IN THAT BIN", lambda p, y, bins=10: top_label(p, y, bins, overall_accuracy=True)),
+            ("exactly 1.0 belongs in the last bin", lambda p, y, bins=10: top_label(p, y, bins, last_closed=False)),
+            ("expected 0.0924", lambda p, y, bins=10: top_label(p, y, bins) if p.shape[1] == 2 else 0.5),
+        ],
+    )
+
+
+def test_temperature_check():
+    def nll(logits, labels):  # by hand: log-sum-exp minus the label's logit
+        top = logits.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        return float(np.mean(log_z - logits[np.arange(len(labels)), labels]))
+
+    def grid(logits, labels, scale=lambda logits, t: logits / t):
+        temperatures = np.arange(0.05, 5.0, 0.005)
+        return float(temperatures[np.argmin([nll(scale(logits, t), labels) for t in temperatures])])
+
+    def lbfgs(logits, labels):  # Guo et al.'s recipe: optimise the temperature with L-BFGS on the NLL
+        x, y = torch.tensor(logits), torch.tensor(labels)
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+        return float(log_t.detach().exp())
+
+    def best_accuracy(logits, labels):  # every T has the same accuracy: max keeps the first
+        temperatures = np.arange(0.05, 5.0, 0.005)
+        return float(max(temperatures, key=lambda t: np.mean((logits / t).argmax(axis=1) == labels)))
+
+    assert_judged(
+        checks.check_temperature,
+        calibration.fit_temperature,
+        [grid, lbfgs],
+        [
+            ("not done yet; your function returned None", lambda logits, labels: None),
+            ("you returned 1/T", lambda logits, labels: grid(logits, labels, scale=lambda x, t: x * t)),
+            ("T = 1 is no scaling at all", lambda logits, labels: 1.0),
+            ("accuracy does not depend on T", best_accuracy),
+            ("T must be a finite number > 0", lambda logits, labels: -calibration.fit_temperature(logits, labels)),
+            ("T must be a finite number > 0", lambda logits, labels: float("nan")),
+            ("accuracy does not depend on T", lambda logits, labels: 1.2 * calibration.fit_temperature(logits, labels)),
+        ],
     )

@@ -6,7 +6,7 @@ Each check runs the learner's function on a few cases, compares it with the cour
 gives every chapter's checks (`checks.check_macro_f1`); `checks.ch02` holds one chapter's.
 """
 
-from . import ch00, ch01, ch02, ch03, ch04, ch05, ch07
+from . import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
 from ._common import check_choice, cmp
 from .ch00 import check_confident_errors, check_logits_to_labels, check_macro_f1, check_mcnemar, check_token_lengths
 from .ch01 import (
@@ -20,6 +20,7 @@ from .ch02 import check_attack_auc, check_clip_per_example, check_laplace_count,
 from .ch03 import check_dp_fedavg, check_fedavg_step, check_pairwise_masks, check_trimmed_mean
 from .ch04 import check_distillation_loss, check_global_magnitude_masks, check_per_channel_int8
 from .ch05 import check_comprehensiveness, check_integrated_gradients
+from .ch06 import check_ece, check_temperature
 from .ch07 import check_form_batches, check_load_summary
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ch03",
     "ch04",
     "ch05",
+    "ch06",
     "ch07",
     "cmp",
     "check_question",
@@ -56,12 +58,14 @@ __all__ = [
     "check_per_channel_int8",
     "check_comprehensiveness",
     "check_integrated_gradients",
+    "check_ece",
+    "check_temperature",
     "check_form_batches",
     "check_load_summary",
 ]
 
 
-CHAPTERS = {"0": ch00, "1": ch01, "2": ch02, "3": ch03, "4": ch04, "5": ch05, "7": ch07}
+CHAPTERS = {"0": ch00, "1": ch01, "2": ch02, "3": ch03, "4": ch04, "5": ch05, "6": ch06, "7": ch07}
 
 
 def check_question(exercise: str, fn) -> None:
