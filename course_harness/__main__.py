@@ -37,14 +37,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(row["ok"] for row in rows) else 1
 
 
+def speed_mode(args: argparse.Namespace) -> str:
+    """The benchmark row's mode for a shrunk `speed` run, e.g. 'n=64, eval 128'."""
+    parts = [f"n={args.train_size}" if args.train_size is not None else "n=all"]
+    return ", ".join(parts + ([f"eval {args.eval_size}"] if args.eval_size is not None else []))
+
+
 def _cmd_speed(args: argparse.Namespace) -> int:
     """Time the course loop against Trainer on chapter 00's recipe; record the row in results/benchmark.*."""
     started = time.perf_counter()
-    table = speed.compare(train_size=args.train_size, epochs=args.epochs)
+    table = speed.compare(train_size=args.train_size, epochs=args.epochs, eval_size=args.eval_size)
     print(table.to_string())
     row = {
         "notebook": speed.BENCH_NAME,
-        "mode": "full" if args.train_size is None else f"n={args.train_size}",
+        "mode": "full" if args.train_size is None and args.eval_size is None else speed_mode(args),
         "ok": True,
         "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_mb": 0.0,
@@ -152,6 +158,9 @@ def build_parser(prog: str = "python -m course_harness") -> argparse.ArgumentPar
     )
     speed_.add_argument("--train-size", type=int, default=None, help="training sentences (default: all 8,452)")
     speed_.add_argument("--epochs", type=int, default=1, help="epochs for both (default 1)")
+    speed_.add_argument(
+        "--eval-size", type=int, default=None, help="validation and test sentences (default: the whole splits)"
+    )
     federated_ = sub.add_parser(
         "federated",
         parents=[root_after],

@@ -117,12 +117,21 @@ def time_trainer(splits: data.Splits, cfg: modeling.TrainConfig, workdir: Path, 
     return SpeedResult(name, seconds, accuracy)
 
 
-def compare(train_size: int | None = None, epochs: int = 1) -> pd.DataFrame:
-    """Both runs on chapter 00's data and recipe; the ratio column is seconds over the Trainer's."""
+def compare(train_size: int | None = None, epochs: int = 1, eval_size: int | None = None) -> pd.DataFrame:
+    """Both runs on chapter 00's data and recipe; the ratio column is seconds over the Trainer's. `eval_size`
+    shrinks the validation and test splits (a quick check; the recorded comparison uses them whole)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if eval_size is not None and eval_size < 1:
+        raise ValueError(f"eval_size must be >= 1 or None (the whole splits), got {eval_size}")
     config.setup(verbose=False)
     splits = data.course_splits()
+    if eval_size is not None:
+        splits = replace(
+            splits,
+            validation=data.subsample(splits.validation, eval_size, seed=0),
+            test=data.subsample(splits.test, eval_size, seed=0),
+        )
     cfg = replace(modeling.default_config(fast=False), epochs=epochs, train_size=train_size, lr=5e-5)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [

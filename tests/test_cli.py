@@ -256,21 +256,23 @@ def test_unknown_arguments_exit_2(argv: list[str], message: str, results: Path, 
 
 
 def test_speed_compares_the_course_loop_with_trainer_and_records_a_row(tmp_path, monkeypatch, capsys) -> None:
-    """A tiny run of `speed` (64 sentences): both trainers run, the ratio is theirs, the row lands in the benchmark."""
+    """A tiny run of `speed` (64 sentences, 128 to evaluate): both trainers run, the ratio is theirs, the row lands
+    in the benchmark."""
     monkeypatch.setenv("COURSE_RESULTS", str(tmp_path))
-    assert main(["speed", "--train-size", "64"]) == 0
+    assert main(["speed", "--train-size", "64", "--eval-size", "128"]) == 0
     out = capsys.readouterr().out
     assert "course loop (modeling.train)" in out and "Trainer, same work" in out and "Trainer, bare" in out
     rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
     (row,) = [r for r in rows if r["notebook"] == "00 loop vs Trainer"]
     figures = row["figures"]
-    assert row["mode"] == "n=64"
+    assert row["mode"] == "n=64, eval 128"
     assert figures["ratio_vs_bare"] == pytest.approx(figures["course_loop_s"] / figures["trainer_bare_s"], abs=0.01)
     assert figures["ratio_vs_same_work"] == pytest.approx(
         figures["course_loop_s"] / figures["trainer_same_work_s"], abs=0.01
     )
     assert 0.3 < figures["course_test_accuracy"] < 0.8 and 0.3 < figures["trainer_test_accuracy"] < 0.8
     assert main(["speed", "--epochs", "0"]) == 2 and "epochs must be >= 1" in capsys.readouterr().err
+    assert main(["speed", "--eval-size", "0"]) == 2 and "eval_size must be >= 1" in capsys.readouterr().err
 
 
 def test_recipe_search_trains_every_grid_point_and_reads_only_validation(monkeypatch, capsys) -> None:
