@@ -615,7 +615,7 @@ def adversarial_finetune(
         raise ValueError("method 'augment' needs adversarial= rows (text, label) from an attack on training sentences")
     rows = pd.concat([frame, adversarial], ignore_index=True) if recipe.method == "augment" else frame
     rows = rows[["text", "label"]].reset_index(drop=True)
-    key = distillation.run_key("adversarial", model, rows, asdict(recipe))
+    key = adversarial_key(model, rows, recipe)
     start = copy_model(model)
 
     def train(m):
@@ -628,6 +628,12 @@ def adversarial_finetune(
         return distillation.train_loop(m, tokenizer, rows, plain, progress=progress, desc=f"{recipe.method} training")
 
     return distillation._cached("robust", key, lambda: start, train, retrain)
+
+
+def adversarial_key(model, rows: pd.DataFrame, recipe: AdvRecipe) -> str:
+    """Cache key of an adversarial fine-tuning run: the starting weights, every training row (attack outputs
+    included), the whole recipe, the loop's version, the device class and arithmetic."""
+    return distillation.run_key("adversarial", model, rows[["text", "label"]], asdict(recipe))
 
 
 def copy_model(model):
@@ -755,6 +761,12 @@ def small_recipe(n: int, seed: int, min_steps: int = 60, batch_size: int = 16, l
     return distillation.Recipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, alpha=0)
 
 
+def transfer_key(start_model, train: pd.DataFrame, test: pd.DataFrame, recipe: distillation.Recipe) -> str:
+    """Cache key of a transfer run: the starting weights, both frames, the recipe, the loop's version, the device
+    class and arithmetic (the run's name and domain are labels: they are not part of what is computed)."""
+    return distillation.run_key("transfer", start_model, train[["text", "label"]], test[["text", "label"]], recipe)
+
+
 def transfer_run(
     start_model,
     start_name: str,
@@ -767,10 +779,9 @@ def transfer_run(
 ) -> TransferResult:
     """Fine-tune a copy of `start_model` on `train` and score it on `test`; the result (not the weights) is cached
     by the starting weights, both frames and the recipe."""
-    key = distillation.run_key("transfer", start_model, train[["text", "label"]], test[["text", "label"]], recipe)
-    path = store.path("transfer", f"{key}.json")
+    path = store.path("transfer", f"{transfer_key(start_model, train, test, recipe)}.json")
     if path.exists():
-        return TransferResult(**json.loads(path.read_text()))
+        return TransferResult(**(json.loads(path.read_text()) | {"domain": domain, "start": start_name}))
     model = copy_model(start_model).to(config.device())
     losses = distillation.train_loop(model, tokenizer, train, recipe, progress=progress, desc=f"{domain} {len(train)}")
     accuracy = float(modeling.evaluate(model, tokenizer, test).accuracy)

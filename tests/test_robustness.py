@@ -218,3 +218,43 @@ def test_augmenting_without_attack_outputs_is_refused(model, tokenizer):
     frame = pd.DataFrame({"text": ["a great film"], "label": [1]})
     with pytest.raises(ValueError, match="needs adversarial= rows"):
         robustness.adversarial_finetune(model, tokenizer, frame, robustness.AdvRecipe(method="augment"), None)
+
+
+def test_cache_keys_change_with_every_argument(model):
+    rows = pd.DataFrame({"text": ["a great film", "an awful film"], "label": [1, 0]})
+    test = pd.DataFrame({"text": ["a fine film"], "label": [1]})
+    recipe = robustness.AdvRecipe(method="clean")
+    base = robustness.adversarial_key(model, rows, recipe)
+    assert robustness.adversarial_key(model, rows, recipe) == base
+    assert robustness.adversarial_key(tiny_bert(seed=6), rows, recipe) != base
+    assert robustness.adversarial_key(model, rows.assign(label=[0, 1]), recipe) != base
+    assert robustness.adversarial_key(model, rows, robustness.AdvRecipe(method="pgd")) != base
+    assert robustness.adversarial_key(model, rows, robustness.AdvRecipe(method="pgd", epsilon=0.1)) != (
+        robustness.adversarial_key(model, rows, robustness.AdvRecipe(method="pgd"))
+    )
+    small = robustness.small_recipe(2, seed=0)
+    args = (model, rows, test, small)
+    key = robustness.transfer_key(*args)
+    changed = [
+        (tiny_bert(seed=6), rows, test, small),
+        (model, rows.head(1), test, small),
+        (model, rows, test.assign(label=[0]), small),
+        (model, rows, test, robustness.small_recipe(2, seed=1)),
+    ]
+    assert all(robustness.transfer_key(*c) != key for c in changed)
+
+
+def test_a_transfer_run_is_cached_and_not_retrained(model, tokenizer, tmp_cache, monkeypatch):
+    rows = pd.DataFrame({"text": ["a great film", "an awful film"] * 2, "label": [1, 0] * 2})
+    recipe = robustness.distillation.Recipe(epochs=1, batch_size=2, alpha=0)
+    first = robustness.transfer_run(model, "start", tokenizer, "tweets", rows, rows.head(2), recipe)
+    assert first.steps == 2 and 0 <= first.accuracy <= 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run must not train again")
+
+    monkeypatch.setattr(robustness.distillation, "train_loop", no_training)
+    again = robustness.transfer_run(model, "start", tokenizer, "tweets", rows, rows.head(2), recipe)
+    assert again == first
+    renamed = robustness.transfer_run(model, "other name", tokenizer, "nyt", rows, rows.head(2), recipe)
+    assert (renamed.start, renamed.domain, renamed.accuracy) == ("other name", "nyt", first.accuracy)

@@ -169,17 +169,18 @@ QUESTIONS = {
         },
     ),
     "6.4": Question(
-        "A movie-review model loses 15 accuracy points on tweets. With 500 labelled tweets, which is usually best?",
+        "A movie-review model loses 20 accuracy points on tweets. With 200 labelled tweets, which is usually best?",
         {
-            "a": "train a new model on the 500 tweets from the pretrained encoder",
-            "b": "fine-tune the movie model on the 500 tweets (transfer)",
+            "a": "train a new model on the 200 tweets from the pretrained encoder",
+            "b": "fine-tune the movie model on the 200 tweets (transfer)",
             "c": "raise the softmax temperature",
-            "d": "nothing: 500 examples are too few to matter",
+            "d": "nothing: 200 examples are too few to matter",
         },
         "b",
         {
             "a": "starting again from the encoder throws away the sentiment the movie model already learned from many "
-            "more examples; with only 500 tweets, starting from the movie model usually does better.",
+            "more examples; with only 200 tweets, starting from the movie model usually does better (chapter 06 "
+            "measured 0.89 against 0.74 on tweets; the two starts drew level only at 500).",
             "b": "the movie model already maps text to sentiment; a few hundred in-domain examples adapt it to tweets' "
             "words and style (measure on held-out tweets, and check the movie accuracy for forgetting).",
             "c": "temperature changes the confidence, never the argmax: accuracy on tweets stays exactly the same.",
