@@ -198,7 +198,7 @@ class Trained:
     trained_now: bool
 
 
-def _cached(
+def cached_run(
     kind: str,
     key: str,
     build: Callable[[], torch.nn.Module],
@@ -252,7 +252,7 @@ def recover(
     def train(pruned):
         return train_loop(pruned.to(config.device()), tokenizer, frame, recipe, progress=progress, desc="recovery")
 
-    trained = _cached("recovered", key, lambda: compression.magnitude_prune(model, sparsity), train, retrain)
+    trained = cached_run("recovered", key, lambda: compression.magnitude_prune(model, sparsity), train, retrain)
     compression.make_pruning_permanent(trained.model)
     return trained
 
@@ -279,7 +279,7 @@ def distill(
             model.to(config.device()), tokenizer, frame, recipe, soft, progress=progress, desc="distillation"
         )
 
-    return _cached("students", key, lambda: copy.deepcopy(student), train, retrain)
+    return cached_run("students", key, lambda: copy.deepcopy(student), train, retrain)
 
 
 def peft_finetune(
@@ -313,7 +313,7 @@ def peft_finetune(
             model.to(config.device()), tokenizer, frame, recipe, after_step=hook, progress=progress, desc=method
         )
 
-    return _cached("peft", key, build, train, retrain)
+    return cached_run("peft", key, build, train, retrain)
 
 
 def recipe_summary(recipe: Recipe) -> dict:

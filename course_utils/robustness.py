@@ -616,7 +616,7 @@ def adversarial_finetune(
     rows = pd.concat([frame, adversarial], ignore_index=True) if recipe.method == "augment" else frame
     rows = rows[["text", "label"]].reset_index(drop=True)
     key = adversarial_key(model, rows, recipe)
-    start = copy_model(model)
+    start = copy.deepcopy(model)  # the caller's model stays untouched
 
     def train(m):
         m.to(config.device())
@@ -627,18 +627,13 @@ def adversarial_finetune(
         )
         return distillation.train_loop(m, tokenizer, rows, plain, progress=progress, desc=f"{recipe.method} training")
 
-    return distillation._cached("robust", key, lambda: start, train, retrain)
+    return distillation.cached_run("robust", key, lambda: start, train, retrain)
 
 
 def adversarial_key(model, rows: pd.DataFrame, recipe: AdvRecipe) -> str:
     """Cache key of an adversarial fine-tuning run: the starting weights, every training row (attack outputs
     included), the whole recipe, the loop's version, the device class and arithmetic."""
     return distillation.run_key("adversarial", model, rows[["text", "label"]], asdict(recipe))
-
-
-def copy_model(model):
-    """A deep copy on the same device (the original stays untouched)."""
-    return copy.deepcopy(model)
 
 
 def adversarial_rows(results: Sequence[Attacked]) -> pd.DataFrame:
@@ -782,7 +777,7 @@ def transfer_run(
     path = store.path("transfer", f"{transfer_key(start_model, train, test, recipe)}.json")
     if path.exists():
         return TransferResult(**(json.loads(path.read_text()) | {"domain": domain, "start": start_name}))
-    model = copy_model(start_model).to(config.device())
+    model = copy.deepcopy(start_model).to(config.device())
     losses = distillation.train_loop(model, tokenizer, train, recipe, progress=progress, desc=f"{domain} {len(train)}")
     accuracy = float(modeling.evaluate(model, tokenizer, test).accuracy)
     result = TransferResult(domain, start_name, len(train), recipe.seed, accuracy, len(losses))
