@@ -82,7 +82,7 @@ def encode_prompt(tokenizer, prompt, chat: bool = True) -> torch.Tensor:
 def check_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
     """Reject max_new_tokens <= 0, or a prompt plus new tokens longer than the model's context."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}; ask for at least 1")
     if prompt_tokens + max_new_tokens > context_length(model):
         raise ValueError(
             f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
@@ -128,6 +128,42 @@ def generate(model, tokenizer, prompt, max_new_tokens: int = 64, **kwargs) -> st
     """The model's answer to a prompt (chat messages, a question, or raw text with chat=False), as text."""
     _, new = generate_ids(model, tokenizer, prompt, max_new_tokens, **kwargs)
     return tokenizer.decode(new[0], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    chat: bool = False,
+    samples: int = 1,
+    batch_size: int = 16,
+) -> list[list[str]]:
+    """`samples` continuations of each prompt (raw text by default), generated in left-padded batches."""
+    check_sampling(temperature, top_p)
+    if isinstance(prompts, str) or not prompts or any(not str(p).strip() for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty strings; wrap a single prompt in a list")
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=False) for p in prompts]  # fmt: skip
+    sample = temperature > 0
+    options = {"temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if sample else {}
+    where, out = model_device(model), []
+    with torch.random.fork_rng(devices=[where] if where.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
+                            padding_side="left").to(where)  # fmt: skip
+            check_length(model, enc.input_ids.shape[1], max_new_tokens)
+            new = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=samples,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=EOS_ID, **options)  # fmt: skip
+            texts = tokenizer.batch_decode(new[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+            out += [[t.strip() for t in texts[i : i + samples]] for i in range(0, len(texts), samples)]
+    return out
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

@@ -2,10 +2,11 @@
 
 Carlini et al. (2019, "The Secret Sharer") defined exposure for generative models: insert a random secret into the
 training text, then rank its likelihood among every secret of the same shape. Exposure = log2(|secrets|) -
-log2(rank): about 1 for a secret the model never saw, log2(10,000) = 13.3 when the true PIN is the most likely of
-all 10,000. `secret_logprobs` scores the whole space exactly with one forward pass per digit level over a shared
-KV cache (1,110 new tokens instead of 10,000 sequences). Fine-tuning trains LoRA adapters (peft); with a finite
-epsilon Opacus adds Poisson sampling, per-sample clipping, noise and the accountant, as in chapter 02.
+log2(rank) (`audit.exposure`, chapter 02): 1/ln 2 = 1.44 bits on average for a secret the model never saw,
+log2(10,000) = 13.3 when the true PIN is the most likely of all 10,000. `secret_logprobs` scores the whole space
+exactly with one forward pass per digit level over a shared KV cache (1,110 new tokens instead of 10,000
+sequences). Fine-tuning trains LoRA adapters (peft); with a finite epsilon Opacus adds Poisson sampling, per-sample
+clipping, noise and the accountant, as in chapter 02.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import config, privacy, store
+from . import audit, config, privacy, store
 from .llm import EOS_ID, forward_cached
 from .modeling import model_device
 
@@ -122,8 +123,8 @@ def exposure(model, tokenizer, canary: Canary) -> dict:
     scores = secret_logprobs(model, tokenizer, prefix_ids(tokenizer, canary))
     true = scores[int(canary.secret)]
     rank = int((scores > true).sum()) + 1  # ties count in the secret's favour
-    return {"name": canary.name, "copies": canary.copies, "rank": rank,
-            "exposure": math.log2(10**DIGITS) - math.log2(rank), "logprob": float(true)}  # fmt: skip
+    bits = audit.exposure(-float(true), -scores.astype(float))  # chapter 02's formula, on losses = -log p
+    return {"name": canary.name, "copies": canary.copies, "rank": rank, "exposure": bits, "logprob": float(true)}
 
 
 @torch.no_grad()

@@ -621,6 +621,7 @@ ALL_QUESTIONS = {
     **checks.ch05.QUESTIONS,
     **checks.ch06.QUESTIONS,
     **checks.ch07.QUESTIONS,
+    **checks.ch08.QUESTIONS,
 }
 
 
@@ -630,10 +631,20 @@ def test_multiple_choice_questions_accept_the_answer_and_explain_each_wrong_one(
     assert question.correct in question.options and set(question.why) == set(question.options)
     assert (
         exercise.split(".")[0]
-        == {"ch00": "0", "ch01": "1", "ch02": "2", "ch03": "3", "ch04": "4", "ch05": "5", "ch06": "6", "ch07": "7"}[
+        == {
+            "ch00": "0",
+            "ch01": "1",
+            "ch02": "2",
+            "ch03": "3",
+            "ch04": "4",
+            "ch05": "5",
+            "ch06": "6",
+            "ch07": "7",
+            "ch08": "8",
+        }[
             next(
                 name
-                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07")
+                for name in ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08")
                 if exercise in getattr(checks, name).QUESTIONS
             )
         ]
@@ -1022,5 +1033,88 @@ def test_temperature_check():
             ("T must be a finite number > 0", lambda logits, labels: -calibration.fit_temperature(logits, labels)),
             ("T must be a finite number > 0", lambda logits, labels: float("nan")),
             ("accuracy does not depend on T", lambda logits, labels: 1.2 * calibration.fit_temperature(logits, labels)),
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- chapter 08
+
+
+def test_top_k_check():
+    def reference(logits, k):
+        keep = logits >= logits.topk(k).values[-1]
+        return torch.softmax(logits.masked_fill(~keep, float("-inf")), -1)
+
+    def alternative(logits, k):  # probabilities first, then keep and renormalise
+        probs = torch.softmax(logits, -1)
+        out = torch.zeros_like(probs)
+        idx = probs.argsort(descending=True)[:k]
+        out[idx] = probs[idx] / probs[idx].sum()
+        return out
+
+    def unnormalised(logits, k):
+        probs = torch.softmax(logits, -1)
+        return probs * (logits >= logits.topk(k).values[-1])
+
+    assert_judged(
+        checks.check_top_k,
+        reference,
+        [alternative],
+        [
+            ("renormalise", unnormalised),
+            ("LARGEST", lambda logits, k: reference(-logits, k)),
+            ("exactly k", lambda logits, k: reference(logits, k + 1)),
+            ("not logits", lambda logits, k: logits.masked_fill(logits < logits.topk(k).values[-1], 0.0)),
+        ],
+    )
+
+
+def test_exposure_check():
+    def reference(scores, secret):
+        rank = int((scores > scores[secret]).sum()) + 1
+        return math.log2(len(scores)) - math.log2(rank)
+
+    def alternative(scores, secret):  # sort descending and find the secret's position
+        order = np.argsort(-scores, kind="stable")
+        rank = int(np.nonzero(scores[order] == scores[secret])[0][0]) + 1
+        return float(np.log2(len(scores) / rank))
+
+    def higher(scores, secret):
+        return int((scores > scores[secret]).sum())
+
+    assert_judged(
+        checks.check_exposure,
+        reference,
+        [alternative],
+        [
+            ("ranks start at 1", lambda s, i: math.log2(len(s)) - math.log2(max(higher(s, i), 1e-300))),
+            ("MOST likely", lambda s, i: math.log2(len(s)) - math.log2(int((s < s[i]).sum()) + 1)),
+            ("log2, not the natural log", lambda s, i: math.log(len(s)) - math.log(higher(s, i) + 1)),
+            (r"not log2\(rank\) alone", lambda s, i: math.log2(higher(s, i) + 1)),
+        ],
+    )
+
+
+def test_supported_share_check():
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def reference(answers, passages, threshold):
+        return float(((unit(answers) @ unit(passages).T).max(1) >= threshold - 1e-12).mean())
+
+    def alternative(answers, passages, threshold):  # a loop with scipy's cosine distance
+        from scipy.spatial.distance import cosine
+
+        return sum(any(1 - cosine(a, p) >= threshold - 1e-12 for p in passages) for a in answers) / len(answers)
+
+    assert_judged(
+        checks.check_supported_share,
+        reference,
+        [alternative],
+        [
+            ("max similarity", lambda a, p, t: float(((unit(a) @ unit(p).T).mean(1) >= t).mean())),
+            ("unit vectors", lambda a, p, t: float(((a @ p.T).max(1) >= t).mean())),
+            ("at the threshold counts", lambda a, p, t: float(((unit(a) @ unit(p).T).max(1) > t + 1e-9).mean())),
+            ("not passages", lambda a, p, t: float(((unit(a) @ unit(p).T).max(0) >= t - 1e-12).mean())),
         ],
     )

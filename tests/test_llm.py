@@ -168,3 +168,16 @@ def test_lora_cache_key_changes_with_every_argument(smol):
         changed.append(lp.lora_key(model, TEXTS, dataclasses.replace(TINY, **{f.name: other})))
     assert base not in changed and len(set(changed)) == len(changed)
     assert store.key("x") != base
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(smol):
+    model, tokenizer = smol
+    prompts = ["The movie was", "My favourite film is the one where"]
+    batch = llm.generate_batch(model, tokenizer, prompts, max_new_tokens=8)
+    for prompt, got in zip(prompts, batch, strict=True):
+        assert got == [llm.generate(model, tokenizer, prompt, 8, chat=False)]
+    drawn = llm.generate_batch(model, tokenizer, prompts, 8, temperature=1.0, samples=3, seed=4)
+    assert [len(d) for d in drawn] == [3, 3] and drawn == llm.generate_batch(
+        model, tokenizer, prompts, 8, temperature=1.0, samples=3, seed=4)  # fmt: skip
+    with pytest.raises(ValueError, match="non-empty list"):
+        llm.generate_batch(model, tokenizer, "The movie was")

@@ -6,7 +6,7 @@ Each check runs the learner's function on a few cases, compares it with the cour
 gives every chapter's checks (`checks.check_macro_f1`); `checks.ch02` holds one chapter's.
 """
 
-from . import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07
+from . import ch00, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08
 from ._common import check_choice, cmp
 from .ch00 import check_confident_errors, check_logits_to_labels, check_macro_f1, check_mcnemar, check_token_lengths
 from .ch01 import (
@@ -22,6 +22,7 @@ from .ch04 import check_distillation_loss, check_global_magnitude_masks, check_p
 from .ch05 import check_comprehensiveness, check_integrated_gradients
 from .ch06 import check_ece, check_temperature
 from .ch07 import check_form_batches, check_load_summary
+from .ch08 import check_exposure, check_supported_share, check_top_k
 
 __all__ = [
     "ch00",
@@ -32,6 +33,7 @@ __all__ = [
     "ch05",
     "ch06",
     "ch07",
+    "ch08",
     "cmp",
     "check_question",
     "check_confident_errors",
@@ -62,10 +64,13 @@ __all__ = [
     "check_temperature",
     "check_form_batches",
     "check_load_summary",
+    "check_top_k",
+    "check_exposure",
+    "check_supported_share",
 ]
 
 
-CHAPTERS = {"0": ch00, "1": ch01, "2": ch02, "3": ch03, "4": ch04, "5": ch05, "6": ch06, "7": ch07}
+CHAPTERS = {"0": ch00, "1": ch01, "2": ch02, "3": ch03, "4": ch04, "5": ch05, "6": ch06, "7": ch07, "8": ch08}
 
 
 def check_question(exercise: str, fn) -> None:
