@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import audit, config, privacy, store
-from .llm import EOS_ID, forward_cached
+from .llm import EOS_ID, forward_cached, generate_ids
 from .modeling import model_device
 
 DIGITS = 4  # a PIN: 10,000 possible secrets
@@ -127,25 +127,15 @@ def exposure(model, tokenizer, canary: Canary) -> dict:
     return {"name": canary.name, "copies": canary.copies, "rank": rank, "exposure": bits, "logprob": float(true)}
 
 
-@torch.no_grad()
 def extraction(model, tokenizer, canary: Canary, samples: int = 100, temperature: float = 1.0, seed: int = 0) -> dict:
     """Prompt with the prefix: does greedy decoding write the PIN, and what share of seeded samples does?"""
-    where = model_device(model)
-    ids = torch.tensor([prefix_ids(tokenizer, canary)], device=where)
-    options = {"max_new_tokens": DIGITS, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": EOS_ID}
-    greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, **options)
-    with torch.random.fork_rng(devices=[where] if where.type == "cuda" else []):
-        torch.manual_seed(seed)
-        drawn = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                               temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=samples,
-                               **options)  # fmt: skip
-
-    def as_text(rows: torch.Tensor) -> list[str]:
-        return [tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True).strip() for row in rows]
-
-    written = as_text(drawn)
-    return {"name": canary.name, "copies": canary.copies, "greedy": as_text(greedy)[0],
-            "greedy extracts": as_text(greedy)[0] == canary.secret,
+    ids = torch.tensor(prefix_ids(tokenizer, canary))
+    _, greedy = generate_ids(model, tokenizer, ids, DIGITS)
+    _, drawn = generate_ids(model, tokenizer, ids, DIGITS, temperature=temperature, seed=seed,
+                            num_return_sequences=samples)  # fmt: skip
+    written = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in drawn]
+    first = tokenizer.decode(greedy[0], skip_special_tokens=True).strip()
+    return {"name": canary.name, "copies": canary.copies, "greedy": first, "greedy extracts": first == canary.secret,
             "sampled share": float(np.mean([w == canary.secret for w in written]))}  # fmt: skip
 
 

@@ -195,3 +195,13 @@ def test_a_tampered_llm_wheel_is_refused_before_its_gguf_is_read(tmp_path, monke
 def test_online_mode_loads_the_hub_llm(monkeypatch):
     monkeypatch.setenv("COURSE_MODE", "online")
     assert llm.llm_source() == llm.ONLINE_LLM_ID
+
+
+def test_extraction_reads_the_greedy_and_sampled_completions_of_the_prefix(smol):
+    model, tokenizer = smol
+    favourite = lp.Canary("Alice", "1234", 0)  # the pretrained model's own most likely PIN after this prefix
+    found = lp.extraction(model, tokenizer, favourite, samples=16, temperature=0.3, seed=2)
+    assert found["greedy"] == "1234" and found["greedy extracts"] and 0 < found["sampled share"] <= 1
+    assert found == lp.extraction(model, tokenizer, favourite, samples=16, temperature=0.3, seed=2)  # seeded
+    other = lp.extraction(model, tokenizer, dataclasses.replace(favourite, secret="8302"), 16, 0.3, seed=2)
+    assert not other["greedy extracts"] and other["sampled share"] < found["sampled share"]
