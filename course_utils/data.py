@@ -12,6 +12,9 @@ import csv
 import io
 import json
 import unicodedata
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,6 +39,7 @@ LABEL_RULE = "label = 1 if the mean human rating > 0, 0 if < 0; rating == 0 is d
 SPLIT_RESOURCE = "splits/movie.json"  # package data inside course_utils, so an installed course finds it
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SEED = 20261128
+NEAR_DUPLICATE_CHARS = 2000  # near duplicates compare openings: the movie sentences are under 300
 NEAR_DUPLICATE_COSINE = 0.9
 
 
@@ -106,13 +110,19 @@ def normalise(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text).split())
 
 
+def _near_key(text: str) -> str:
+    """What near-duplicate checks compare: the normalised opening of a text."""
+    return normalise(text[:NEAR_DUPLICATE_CHARS])
+
+
 def near_duplicate_pairs(
     texts_a: list[str], texts_b: list[str] | None = None, threshold: float = NEAR_DUPLICATE_COSINE
 ) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, cosine) of texts with character 3-5-gram TF-IDF cosine >= threshold."""
+    """Pairs (i, j, cosine) of texts with character 3-5-gram TF-IDF cosine >= threshold (on each text's first
+    NEAR_DUPLICATE_CHARS characters: long e-mails and documents are compared by their opening)."""
     same = texts_b is None
     texts_b = texts_a if same else texts_b
-    vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalise)
+    vectoriser = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=_near_key)
     matrix = vectoriser.fit_transform(list(texts_a) + list(texts_b))
     a, b = matrix[: len(texts_a)], matrix[len(texts_a) :]
     pairs = []
@@ -193,9 +203,15 @@ def movie_splits() -> Splits:
     return Splits(*parts, label_names=list(LABEL_NAMES), source="movie")
 
 
+_CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+_CSV_FIELD_CAP = 10 * 2**20  # characters in one CSV field (Python's csv allows 131,072 by default)
+
+
 def _decode_utf8(path: Path) -> str:
-    """Decode a file as UTF-8, naming the line of the first bad byte."""
+    """Decode a file as UTF-8 (an Excel byte-order mark is dropped), naming the line of the first bad byte."""
     raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path} line 1: the file is UTF-16; re-save it as UTF-8 (in Excel: 'CSV UTF-8')")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -205,42 +221,140 @@ def _decode_utf8(path: Path) -> str:
         ) from None
 
 
-def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, record) pairs from CSV or JSONL text."""
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        return [(reader.line_num, row) for row in reader]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
+@contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """Let csv read fields of up to limit characters, restoring its previous limit afterwards."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _matches(names: Iterable[str], wanted: str) -> list[str]:
+    """The names equal to wanted once surrounding spaces are stripped and case is ignored."""
+    return [name for name in names if name.strip().casefold() == wanted.strip().casefold()]
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each CSV row that is not blank."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    end = 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if any(field.strip() for field in row):
+                yield start, row
+    except csv.Error as err:
+        fix = (
+            f'a field is longer than {_CSV_FIELD_CAP:,} characters; close the quote (") left open there '
+            "or split the text into shorter rows"
+            if "field limit" in str(err)
+            else f"not valid CSV ({err}); re-save the file as CSV"
+        )
+        raise ValueError(f"{path} line {end + 1}: {fix}") from None
+
+
+def _read_csv(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int, dict]]:
+    """(line, {column: value}) pairs from CSV text, its separator (comma, semicolon, tab) found from the header."""
+    with _csv_field_limit(_CSV_FIELD_CAP):
+        headers = {sep: next(_csv_rows(path, text, sep), None) for sep in _CSV_DELIMITERS}
+        headers = {sep: header for sep, header in headers.items() if header is not None}
+        if not headers:
+            return []
+        fits = [sep for sep, (_, names) in headers.items() if all(_matches(names, c) for c in columns)]
+        sep = fits[0] if fits else max(headers, key=lambda s: len(headers[s][1]))
+        line, names = headers[sep]
+        for column in columns:
+            found = _matches(names, column)
+            if not found:
+                tried = ", ".join(_CSV_DELIMITERS.values())
                 raise ValueError(
-                    f"{path} line {number}: not valid JSON ({err.msg}); write one JSON object per line"
-                ) from None
+                    f"{path} line {line}: no column {column!r} (found {names}, splitting the header at {tried}); "
+                    f"rename your column to {column!r}"
+                )
+            if len(found) > 1:
+                raise ValueError(
+                    f"{path} line {line}: columns {found} all match {column!r} (case and spaces are ignored); "
+                    "rename or delete all but one"
+                )
+        rows = list(_csv_rows(path, text, sep))[1:]
+    index = {column: names.index(_matches(names, column)[0]) for column in columns}
+    for number, row in rows:
+        if any(field.strip() for field in row[len(names) :]):
+            raise ValueError(
+                f"{path} line {number}: {len(row)} fields but the header names {len(names)}; "
+                f"put quotes around text that contains a {_CSV_DELIMITERS[sep]}"
+            )
+    return [(number, {c: row[i] if i < len(row) else None for c, i in index.items()}) for number, row in rows]
+
+
+def _read_records(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) pairs from CSV or JSONL text; names match ignoring case and spaces."""
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path, text, columns)
+    records = []
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):  # not splitlines(): JSON may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} line {number}: not valid JSON ({err.msg}); write one JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path} line {number}: a JSON {type(record).__name__}, not an object; "
+                f"write one object per line with keys {columns[0]!r} and {columns[1]!r}"
+            )
+        for column in columns:
+            found = _matches(record, column)
+            if not found:
+                raise ValueError(
+                    f"{path} line {number}: no key {column!r} (found {sorted(record)}); rename the key to {column!r}"
+                )
+            if len(found) > 1:
+                raise ValueError(
+                    f"{path} line {number}: keys {found} all match {column!r} (case and spaces are ignored); "
+                    "keep only one"
+                )
+        records.append((number, {column: record[_matches(record, column)[0]] for column in columns}))
     return records
 
 
+def _warn_on_look_alike_labels(path: Path, labels: pd.Series) -> None:
+    """Warn when label names differ only in case or spaces; they stay separate classes."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(labels.unique()):
+        groups.setdefault("".join(name.split()).casefold(), []).append(name)
+    counts = labels.value_counts()
+    clashes = [
+        " / ".join(map(repr, names)) + f" ({' / '.join(str(counts[n]) for n in names)} rows)"
+        for names in groups.values()
+        if len(names) > 1
+    ]
+    if clashes:
+        warnings.warn(
+            f"{path}: labels that differ only in case or spaces: {'; '.join(clashes)}; "
+            "they are treated as different classes; fix the file if they are the same",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def load_text_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
-    """Read your own labelled data (CSV or JSONL with a text and a label column), checking every row."""
+    """Read your own labelled data (CSV split by commas, semicolons or tabs, or JSONL), checking every row."""
     path = Path(path)
     if path.suffix.lower() not in {".csv", ".jsonl"}:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use a .csv or .jsonl file")
     if not path.exists():
         raise ValueError(f"{path}: no such file; check the path you set in COURSE_DATA")
-    records = _read_records(path, _decode_utf8(path))
+    records = _read_records(path, _decode_utf8(path), (text_column, label_column))
     if not records:
         raise ValueError(f"{path}: the file has no rows; add a header and at least one row per class")
     rows = []
     for number, record in records:
-        for column in (text_column, label_column):
-            if not isinstance(record, dict) or column not in record:
-                found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                line = 1 if path.suffix.lower() == ".csv" else number  # a CSV's columns are named on its header
-                raise ValueError(
-                    f"{path} line {line}: no column {column!r} (found {found}); rename your column to {column!r}"
-                )
         text, label = (("" if record[c] is None else str(record[c])).strip() for c in (text_column, label_column))
         if not text or not label:
             what = "text" if not text else "label"
@@ -253,6 +367,7 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
             f"{path}: only one class ({names[0]!r}) in column {label_column!r}; "
             "a classifier needs rows of at least two classes"
         )
+    _warn_on_look_alike_labels(path, frame["label_name"])
     frame["label"] = frame["label_name"].map({name: i for i, name in enumerate(names)}).astype(int)
     return frame
 
@@ -284,9 +399,10 @@ def online_splits() -> Splits:
     return Splits(*parts, label_names=list(LABEL_NAMES), source=assets.ONLINE_DATASET_ID)
 
 
-def course_splits() -> Splits:
-    """The splits chapter 00 trains on: COURSE_DATA file if set, HF data online, else the movie splits."""
-    custom = config.data_file()
+def course_splits(own: bool = True) -> Splits:
+    """The splits chapter 00 trains on: the COURSE_DATA file if set (and `own`), HF data online, else the movie
+    splits. Chapters that keep the course's data whatever COURSE_DATA says pass own=False (see owndata)."""
+    custom = config.data_file() if own else None
     if custom:
         frame = load_text_file(custom)
         names = sorted(frame["label_name"].unique())

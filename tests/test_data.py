@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -100,11 +102,97 @@ def test_load_text_file_reads_csv_and_jsonl(tmp_path):
         ("f.txt", "text,label\n", r"unsupported file type '\.txt'"),
         ("g.csv", "text,label\n", r"g\.csv: the file has no rows"),
         ("h.csv", "text,label\nhi,\n", r"h\.csv line 2: empty label"),
+        # header problems are on line 1, however many rows follow
+        ("i.csv", 'text,lable\n"two\nlines",pos\nho,neg\n', r"i\.csv line 1: no column 'label'.*rename your column"),
+        ("j.csv", "text,Text,label\nhi,ho,pos\n", r"j\.csv line 1: columns \['text', 'Text'\] all match 'text'"),
+        ("k.csv", "text,label,label\nhi,pos,neg\n", r"k\.csv line 1: columns \['label', 'label'\].*delete all but"),
+        ("l.csv", "text|label\nhi|pos\n", r"\['text\|label'\], splitting the header at comma, semicolon, tab\)"),
+        ("m.jsonl", '{"text": "a", "label": 1}\n{"txt": "b", "label": 0}\n', r"m\.jsonl line 2: no key 'text'"),
+        ("n.jsonl", '{"text": "a", "TEXT": "b", "label": 1}\n', r"n\.jsonl line 1: keys \['text', 'TEXT'\] all match"),
+        ("o.jsonl", '["hi", 1]\n', r"o\.jsonl line 1: a JSON list, not an object; write one object per line"),
+        (
+            "p.csv",
+            "text,label\ngood, really,pos\n",
+            r"p\.csv line 2: 3 fields.*put quotes around text that contains a comma",
+        ),
+        ("q.csv", 'text,label\n"two\nlines",\nho,neg\n', r"q\.csv line 2: empty label"),  # where the row starts
+        ("r.csv", "text,label\nhi,pos\n".encode("utf-16"), r"r\.csv line 1: the file is UTF-16; re-save it as UTF-8"),
     ],
 )
 def test_malformed_files_get_errors_naming_file_row_and_fix(tmp_path, name, content, message):
     with pytest.raises(ValueError, match=message):
         data.load_text_file(_write(tmp_path, name, content))
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("bom.csv", "\ufefftext,label\nhi,pos\nho,neg\n".encode()),  # Excel's "CSV UTF-8"
+        ("crlf.csv", b"text,label\r\nhi,pos\r\nho,neg\r\n"),
+        ("cr.csv", b"text,label\rhi,pos\rho,neg\r"),  # old Excel for Mac
+        ("ints.csv", "text,label\nhi,1\nho,0\n"),
+        ("blank_rows.csv", "\ntext,label\nhi,pos\n,\n\nho,neg\n\n"),
+        ("bom_crlf.jsonl", '\ufeff{"text": "hi", "label": 1}\r\n{"text": "ho", "label": 0}\r\n'.encode()),
+        ("trailing.jsonl", '{"text": "hi", "label": "pos"}\n{"text": "ho", "label": "neg"}\n\n  \n'),
+    ],
+)
+def test_load_text_file_reads_files_as_saved(tmp_path, name, content):
+    frame = data.load_text_file(_write(tmp_path, name, content))
+    assert frame["text"].tolist() == ["hi", "ho"] and frame["label"].tolist() == [1, 0]
+
+
+def test_load_text_file_reads_long_fields_and_restores_the_csv_limit(tmp_path, monkeypatch):
+    limit = csv.field_size_limit()
+    long = _write(tmp_path, "long.csv", f"text,label\n{'x' * 200_000},pos\nshort,neg\n")  # csv's default: 131,072
+    assert data.load_text_file(long)["text"].str.len().tolist() == [200_000, 5]
+    assert csv.field_size_limit() == limit
+    monkeypatch.setattr(data, "_CSV_FIELD_CAP", 1000)
+    unclosed = _write(tmp_path, "unclosed.csv", 'text,label\nhi,pos\n"oops,neg\n' + "more text,pos\n" * 100)
+    with pytest.raises(ValueError, match=r"unclosed\.csv line 3: a field is longer than 1,000 characters; close"):
+        data.load_text_file(unclosed)
+    assert csv.field_size_limit() == limit
+
+
+@pytest.mark.parametrize(
+    "content, texts",
+    [
+        ('text;label\n"good, really; yes";pos\nbad, sadly;neg\n', ["good, really; yes", "bad, sadly"]),
+        ('text\tlabel\n"good, really"\tpos\nbad; sadly\tneg\n', ["good, really", "bad; sadly"]),
+    ],
+    ids=["semicolon", "tab"],
+)
+def test_load_text_file_finds_the_separator_from_the_header(tmp_path, content, texts):
+    frame = data.load_text_file(_write(tmp_path, "sep.csv", content))
+    assert frame["text"].tolist() == texts and frame["label_name"].tolist() == ["pos", "neg"]
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("upper.csv", "Text,Label\nhi,pos\nho,neg\n"),
+        ("spaced.csv", " TEXT , label \nhi,pos\nho,neg\n"),
+        ("keys.jsonl", '{"Text": "hi", " LABEL ": "pos"}\n{"text": "ho", "label": "neg"}\n'),
+    ],
+)
+def test_column_names_match_ignoring_case_and_spaces(tmp_path, name, content):
+    frame = data.load_text_file(_write(tmp_path, name, content))
+    assert frame["text"].tolist() == ["hi", "ho"] and frame["label_name"].tolist() == ["pos", "neg"]
+
+
+def test_labels_differing_only_in_case_or_spaces_warn_and_stay_separate(tmp_path):
+    rows = ["hi,pos\n"] * 3 + ["ho,POS\n"] * 2 + ["ha,neg\n", "he,n eg\n"]
+    path = _write(tmp_path, "mixed.csv", "text,label\n" + "".join(rows))
+    expected = r"mixed\.csv: labels that differ only in case or spaces: 'POS' / 'pos' \(2 / 3 rows\); 'n eg' / 'neg' "
+    with pytest.warns(UserWarning, match=expected + r"\(1 / 1 rows\); they are treated as different classes; fix"):
+        frame = data.load_text_file(path)
+    assert frame["label_name"].nunique() == 4
+
+
+def test_clean_labels_do_not_warn(tmp_path):
+    path = _write(tmp_path, "clean.csv", "text,label\nhi, pos\nho,neg \nha,Neutral\n")  # spaces around are stripped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.load_text_file(path)["label_name"].tolist() == ["pos", "neg", "Neutral"]
 
 
 def test_course_splits_use_your_own_file(tmp_path, monkeypatch, movie):
