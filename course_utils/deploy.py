@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config.setup(seed=123, verbose=False)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the service as Ctrl-C does
-    fine_tuned = modeling.course_model(progress=True)
-    splits = data.course_splits()
+    splits = data.course_splits(own=False)  # chapter 07 serves the course's model (owndata.MOVIE_ONLY)
+    fine_tuned = modeling.course_model(progress=True, splits=splits)
     spec = prepare_models(fine_tuned, list(splits.test["text"].head(8)), splits.label_names)[args.model]
     threads = args.threads or max(1, config.thread_count() // max(args.workers, 1))
     with Service(spec, workers=args.workers, port=args.port, threads=threads, batching=not args.no_batching) as service:

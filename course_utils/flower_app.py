@@ -61,7 +61,7 @@ def fed_config(s: dict) -> federated.FedConfig:
 
 def partitions(s: dict, num_partitions: int) -> tuple[list[frozen.Features], frozen.Features]:
     """The clients' rows (IID split of the first train-size training sentences) and the test rows."""
-    splits = data.course_splits()
+    splits = data.course_splits(own=False)  # chapter 03 keeps the course's data (owndata.MOVIE_ONLY)
     train = frozen.cached_features(data.subsample(splits.train, int(s["train-size"]), seed=0), 6, progress=False)
     test = frozen.cached_features(data.subsample(splits.test, int(s["test-size"]), seed=0), 6, progress=False)
     parts = federated.partition_iid(len(train), num_partitions, int(s["seed"]))

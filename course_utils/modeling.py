@@ -45,6 +45,8 @@ class TrainConfig:
     seed: int = 123
     train_size: int | None = None
     save_every: int = 100  # optimizer steps between resume saves (about a minute of training on 2 CPU cores)
+    # per-class loss weights (None: plain cross-entropy); set for imbalanced own data by recipe.adapt_recipe
+    class_weights: tuple[float, ...] | None = field(default=None, metadata={store.OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         checks = {
@@ -62,6 +64,13 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.train_size is not None and self.train_size <= 0:
             raise ValueError(f"TrainConfig.train_size must be positive or None, got {self.train_size}")
+        if self.class_weights is not None:
+            weights = tuple(self.class_weights)
+            if len(weights) < 2 or not all(isinstance(w, (int, float)) and 0 < w < float("inf") for w in weights):
+                raise ValueError(
+                    f"TrainConfig.class_weights must be one positive number per class, got {self.class_weights!r}"
+                )
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
 
 
 def model_source() -> str:
@@ -249,6 +258,26 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
+def loss_function(cfg: TrainConfig, model, where: torch.device) -> Callable[[dict], torch.Tensor]:
+    """The training loss of one batch: the model's own cross-entropy, or a class-weighted one when
+    `cfg.class_weights` is set (each example's loss times its class's weight, normalised by the weights' sum)."""
+    if cfg.class_weights is None:
+        return lambda batch: model(**batch).loss
+    if len(cfg.class_weights) != model.config.num_labels:
+        raise ValueError(
+            f"TrainConfig.class_weights has {len(cfg.class_weights)} weights but the model has "
+            f"{model.config.num_labels} classes; give one weight per class"
+        )
+    weight = torch.tensor(cfg.class_weights, dtype=torch.float32, device=where)
+
+    def weighted(batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()
+        return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weight)
+
+    return weighted
+
+
 def _save_state(run_dir: Path, model, optimizer, progress: Progress) -> None:
     """Save everything needed to resume: weights, AdamW moments, RNG state, counters (no pickle)."""
 
@@ -316,6 +345,7 @@ def train(
     arithmetic = precision or config.precision(where)
     scaler = grad_scaler(where, arithmetic)
     lengths = train_lengths(tokenizer, train_frame, cfg.max_length)
+    loss_of = loss_function(cfg, model, where)
     steps_per_epoch = -(-len(train_frame) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -332,7 +362,7 @@ def train(
         order = epoch_order(lengths, cfg.batch_size, cfg.seed, epoch)[in_epoch * cfg.batch_size :]
         for batch in batches(train_frame, tokenizer, cfg.batch_size, cfg.max_length, order, where):
             with config.autocast(where, arithmetic):
-                loss = model(**batch).loss
+                loss = loss_of(batch)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -391,8 +421,9 @@ def _end_epoch(
     done.loss_sum = 0.0
     done.history.append(row)
     store.write_json(run_dir / "history.json", done.history)
-    if result.accuracy > done.best_accuracy:
-        done.best_accuracy = result.accuracy
+    score = result.f1 if cfg.class_weights else result.accuracy  # weighted classes: accuracy rewards the majority
+    if score > done.best_accuracy:
+        done.best_accuracy = score
 
         def write(folder: Path) -> None:
             with quiet_transformers():
@@ -497,15 +528,19 @@ def default_config(fast: bool | None = None) -> TrainConfig:
     return TrainConfig(epochs=2, train_size=800) if fast else TrainConfig(epochs=3, lr=1e-4)
 
 
-def course_model(fast: bool | None = None, progress: bool = True) -> FineTuned:
-    """The course's fine-tuned classifier: cached after chapter 00, trained here if missing.
+def course_model(fast: bool | None = None, progress: bool = True, splits: Splits | None = None) -> FineTuned:
+    """The course's fine-tuned classifier on `splits` (default: `course_splits()`), with chapter 00's recipe for
+    them: cached after chapter 00, trained here if missing.
 
     Later chapters load it; COURSE_RETRAIN=1 rebuilds their own runs but never this shared checkpoint (chapter
     00 rebuilds it through `finetune`).
     """
-    return finetune(course_splits(), default_config(fast), progress=progress, retrain=False)
+    from .recipe import course_recipe  # recipe builds on this module
+
+    splits = splits or course_splits()
+    return finetune(splits, course_recipe(splits, fast), progress=progress, retrain=False)
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     """Tokens per text including [CLS] and [SEP], without truncation."""
-    return [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
+    return [len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]

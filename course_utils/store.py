@@ -32,6 +32,14 @@ from . import config
 KEY_LENGTH = 16  # hex characters: 64 bits, ample for a personal cache
 
 
+OMIT_DEFAULT = "omit_default_from_key"  # field metadata: a field added later keeps old keys while at its default
+
+
+def _keyed(part: object, f: dataclasses.Field) -> bool:
+    """Whether a dataclass field enters the key: always, unless marked OMIT_DEFAULT and left at its default."""
+    return not (f.metadata.get(OMIT_DEFAULT) and getattr(part, f.name) == f.default)
+
+
 def _update(digest, part: object) -> None:
     """Feed one argument into the hash, tagged with its type so that 1, 1.0 and '1' differ."""
     if part is None or isinstance(part, (bool, int, str)):
@@ -42,7 +50,7 @@ def _update(digest, part: object) -> None:
         digest.update(f"path:{part}".encode())
     elif dataclasses.is_dataclass(part) and not isinstance(part, type):
         digest.update(f"dataclass:{type(part).__qualname__}".encode())
-        _update(digest, {f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
+        _update(digest, {f.name: getattr(part, f.name) for f in dataclasses.fields(part) if _keyed(part, f)})
     elif isinstance(part, Mapping):
         digest.update(f"map:{len(part)}".encode())
         for name in sorted(part, key=str):

@@ -45,6 +45,7 @@ def test_key_sees_inside_frames_arrays_tensors_modules_and_dataclasses() -> None
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         changed = 7 if value is None else (value + 1 if isinstance(value, int) else value * 0.5)
+        changed = (1.0, 2.0) if f.name == "class_weights" else changed  # one weight per class
         assert store.key(dataclasses.replace(cfg, **{f.name: changed})) != store.key(cfg), f.name
     with pytest.raises(TypeError, match="cannot hash a object"):
         store.key(object())
@@ -60,6 +61,7 @@ def test_checkpoint_key_changes_with_config_data_labels_and_weights(tiny_splits,
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         changed = 7 if value is None else (value + 1 if isinstance(value, int) else value * 0.5)
+        changed = (1.0, 2.0) if f.name == "class_weights" else changed  # one weight per class
         assert modeling.checkpoint_key(dataclasses.replace(cfg, **{f.name: changed}), tiny_splits) != base, f.name
     edited = tiny_splits.train.copy()
     edited.loc[0, "text"] = edited.loc[0, "text"] + "!"
