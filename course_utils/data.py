@@ -255,8 +255,11 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list
         raise ValueError(f"{path} line {end + 1}: {fix}") from None
 
 
-def _read_csv(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int, dict]]:
-    """(line, {column: value}) pairs from CSV text, its separator (comma, semicolon, tab) found from the header."""
+def _read_csv(
+    path: Path, text: str, columns: tuple[str, str], optional: tuple[str, ...] = ()
+) -> list[tuple[int, dict]]:
+    """(line, {column: value}) pairs from CSV text, its separator (comma, semicolon, tab) found from the header;
+    `optional` columns are read when the header has them."""
     with _csv_field_limit(_CSV_FIELD_CAP):
         headers = {sep: next(_csv_rows(path, text, sep), None) for sep in _CSV_DELIMITERS}
         headers = {sep: header for sep, header in headers.items() if header is not None}
@@ -280,6 +283,7 @@ def _read_csv(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int
                 )
         rows = list(_csv_rows(path, text, sep))[1:]
     index = {column: names.index(_matches(names, column)[0]) for column in columns}
+    index |= {column: names.index(_matches(names, column)[0]) for column in optional if _matches(names, column)}
     for number, row in rows:
         if any(field.strip() for field in row[len(names) :]):
             raise ValueError(
@@ -289,10 +293,12 @@ def _read_csv(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int
     return [(number, {c: row[i] if i < len(row) else None for c, i in index.items()}) for number, row in rows]
 
 
-def _read_records(path: Path, text: str, columns: tuple[str, str]) -> list[tuple[int, dict]]:
+def _read_records(
+    path: Path, text: str, columns: tuple[str, str], optional: tuple[str, ...] = ()
+) -> list[tuple[int, dict]]:
     """(line number, {column: value}) pairs from CSV or JSONL text; names match ignoring case and spaces."""
     if path.suffix.lower() == ".csv":
-        return _read_csv(path, text, columns)
+        return _read_csv(path, text, columns, optional)
     records = []
     for number, line in enumerate(io.StringIO(text, newline=""), start=1):  # not splitlines(): JSON may hold U+2028
         if not line.strip():
@@ -319,7 +325,8 @@ def _read_records(path: Path, text: str, columns: tuple[str, str]) -> list[tuple
                     f"{path} line {number}: keys {found} all match {column!r} (case and spaces are ignored); "
                     "keep only one"
                 )
-        records.append((number, {column: record[_matches(record, column)[0]] for column in columns}))
+        present = [*columns, *(c for c in optional if _matches(record, c))]
+        records.append((number, {column: record[_matches(record, column)[0]] for column in present}))
     return records
 
 
@@ -343,14 +350,20 @@ def _warn_on_look_alike_labels(path: Path, labels: pd.Series) -> None:
         )
 
 
+OPTIONAL_COLUMNS = ("group", "rating", "domain")  # kept when a file has them: who wrote it, a score, a source
+
+
 def load_text_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
-    """Read your own labelled data (CSV split by commas, semicolons or tabs, or JSONL), checking every row."""
+    """Read your own labelled data (CSV split by commas, semicolons or tabs, or JSONL), checking every row.
+
+    Optional columns `group` (e.g. a customer or user id), `rating` (a number) and `domain` are kept when present.
+    """
     path = Path(path)
     if path.suffix.lower() not in {".csv", ".jsonl"}:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use a .csv or .jsonl file")
     if not path.exists():
         raise ValueError(f"{path}: no such file; check the path you set in COURSE_DATA")
-    records = _read_records(path, _decode_utf8(path), (text_column, label_column))
+    records = _read_records(path, _decode_utf8(path), (text_column, label_column), OPTIONAL_COLUMNS)
     if not records:
         raise ValueError(f"{path}: the file has no rows; add a header and at least one row per class")
     rows = []
@@ -359,8 +372,9 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
         if not text or not label:
             what = "text" if not text else "label"
             raise ValueError(f"{path} line {number}: empty {what}; fill it in or delete the row")
-        rows.append((str(number), text, label))
-    frame = pd.DataFrame(rows, columns=["id", "text", "label_name"])
+        rows.append((str(number), text, label, *(_optional_value(path, number, record, c) for c in OPTIONAL_COLUMNS)))
+    frame = pd.DataFrame(rows, columns=["id", "text", "label_name", *OPTIONAL_COLUMNS])
+    frame = frame.drop(columns=[c for c in OPTIONAL_COLUMNS if frame[c].isna().all()])
     names = sorted(frame["label_name"].unique())
     if len(names) < 2:
         raise ValueError(
@@ -370,6 +384,22 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
     _warn_on_look_alike_labels(path, frame["label_name"])
     frame["label"] = frame["label_name"].map({name: i for i, name in enumerate(names)}).astype(int)
     return frame
+
+
+def _optional_value(path: Path, number: int, record: dict, column: str) -> object:
+    """An optional column's value: None when absent or empty, a float for `rating`, else the stripped string."""
+    raw = record.get(column)
+    value = None if raw is None else str(raw).strip()
+    if not value:
+        return None
+    if column != "rating":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"{path} line {number}: rating {value!r} is not a number; write a number or leave it empty"
+        ) from None
 
 
 def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str, seed: int = SPLIT_SEED) -> Splits:

@@ -23,6 +23,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from . import config, data
 from .baselines import tfidf_baseline, tfidf_pipeline
+from .cleaning import clean_frame, redact_frame
 
 SHINGLE = 5
 NUM_PERM = 128
@@ -416,3 +417,49 @@ def domain_profile(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def file_checks(
+    frame: pd.DataFrame, splits: data.Splits, threshold: float = 0.7, folds: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chapter 01's steps on a learner's file: cleaning, PII, duplicates within and across splits, label issues.
+
+    Returns a summary (check, value) and the training rows confident learning flags, most suspicious first.
+    Near duplicates compare each text's first `data.NEAR_DUPLICATE_CHARS` characters (MinHash cost grows with
+    length).
+    """
+    _, steps = clean_frame(frame)
+    _, pii = redact_frame(frame)
+    rows: list[tuple[str, object]] = [("rows", len(frame))]
+    rows += [(f"cleaning: {r.step}", int(r.rows)) for r in steps.itertuples()]
+    rows += [(f"PII: {r.kind} replaced", int(r.replacements)) for r in pii.itertuples()]
+    opening = lambda part: [t[: data.NEAR_DUPLICATE_CHARS] for t in part["text"]]  # noqa: E731
+    rows.append(
+        ("exact duplicates (collapsed before splitting)", int(frame["text"].map(data.normalise).duplicated().sum()))
+    )
+    rows.append(
+        (
+            f"near-duplicate pairs within train (Jaccard >= {threshold})",
+            len(lsh_pairs(opening(splits.train), None, threshold)),
+        )
+    )
+    rows.append(
+        (
+            f"near-duplicate pairs train / test (Jaccard >= {threshold})",
+            len(lsh_pairs(opening(splits.train), opening(splits.test), threshold)),
+        )
+    )
+    smallest = int(splits.train["label"].value_counts().min())
+    if smallest < folds:
+        rows.append(("label issues", f"skipped: a class has {smallest} training rows, fewer than {folds} folds"))
+        return pd.DataFrame(rows, columns=["check", "value"], dtype=object).set_index("check"), splits.train.head(0)
+    train = splits.train.reset_index(drop=True)
+    flagged = label_issues(train, out_of_fold_probs(train, folds))
+    effect = removal_effect(train, splits.test, list(flagged.index))
+    rows += [
+        ("label issues flagged (confident learning)", len(flagged)),
+        ("share of training rows flagged", round(len(flagged) / len(train), 3)),
+        ("TF-IDF test accuracy, all rows", round(effect["all rows"], 3)),
+        ("TF-IDF test accuracy, flagged rows removed", round(effect["flagged rows removed"], 3)),
+    ]
+    return pd.DataFrame(rows, columns=["check", "value"], dtype=object).set_index("check"), flagged

@@ -131,12 +131,15 @@ class FedConfig:
     frozen_layers: int = 6
     lora_rank: int = 0
     seed: int = 0
+    num_labels: int = field(default=2, metadata={store.OMIT_DEFAULT: True})  # classes (a learner's file may have more)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FedConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
+            raise ValueError(f"FedConfig.num_labels must be an integer of at least 2, got {self.num_labels!r}")
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
             raise ValueError(
                 f"fraction must be in (0, 1], got {self.fraction!r}; it is the share of clients sampled "
@@ -211,9 +214,9 @@ def state_bytes(state: State) -> int:
 
 def new_model(cfg: FedConfig, encoder=None) -> TopClassifier:
     """The model every client and the server start from (same seed: same head)."""
-    return TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank).to(
-        config.device()
-    )
+    return TopClassifier.from_pretrained(
+        cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank, num_labels=cfg.num_labels
+    ).to(config.device())
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -462,7 +465,7 @@ def run_federated(
     state = trainable_state(model)
     like = {n: v.cpu() for n, v in state.items()}
     sizes = np.array([len(c) for c in clients])
-    shares = label_shares(clients)
+    shares = label_shares(clients, cfg.num_labels)
     rng = np.random.default_rng(cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     velocity = torch.zeros(sum(v.numel() for v in like.values()))

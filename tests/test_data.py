@@ -210,3 +210,21 @@ def test_subsample_is_stratified_and_validated(movie):
     assert len(part) == 500 and abs(part["label"].mean() - movie["label"].mean()) < 0.01
     with pytest.raises(ValueError, match="positive"):
         data.subsample(movie, 0)
+
+
+def test_optional_group_rating_and_domain_columns_are_kept(tmp_path):
+    path = _write(
+        tmp_path, "mine.csv", "Text;Label;GROUP;rating\nslow refund;bad;c1;-2\nquick fix;good;c2;\nok;good;;3.5\n"
+    )
+    frame = data.load_text_file(path)
+    assert list(frame.columns) == ["id", "text", "label_name", "group", "rating", "label"]
+    assert frame["group"].tolist()[:2] == ["c1", "c2"] and pd.isna(frame["group"].iloc[2])
+    assert frame["rating"].iloc[0] == -2.0 and pd.isna(frame["rating"].iloc[1])
+    plain = data.load_text_file(_write(tmp_path, "plain.csv", "text,label\na,x\nb,y\n"))
+    assert list(plain.columns) == ["id", "text", "label_name", "label"]  # absent columns are not invented
+    with pytest.raises(ValueError, match=r"line 2: rating 'high' is not a number"):
+        data.load_text_file(_write(tmp_path, "bad.csv", "text,label,rating\na,x,high\nb,y,1\n"))
+    jsonl = _write(
+        tmp_path, "mine.jsonl", '{"text": "a", "label": "x", "Domain": "mail"}\n{"text": "b", "label": "y"}\n'
+    )
+    assert data.load_text_file(jsonl)["domain"].tolist()[0] == "mail"

@@ -178,3 +178,18 @@ def test_rating_regression_beats_the_mean(movie):
     frame = data.subsample(movie, 3000, seed=6)
     result = dataprep.rating_regression(frame.iloc[:2400], frame.iloc[2400:])
     assert result["rmse"] < result["rmse_predict_mean"] and 0.3 < result["pearson_r"] < 0.95
+
+
+def test_file_checks_run_chapter_01_on_a_learners_file(movie):
+    frame = data.subsample(movie, 400, seed=1)[["id", "text", "label"]].reset_index(drop=True)
+    frame.loc[0, "text"] = "Call me at jane.doe@example.com about this film, it is great."  # PII
+    frame.loc[1, "label"] = 1 - frame.loc[1, "label"]  # a label error among others
+    splits = data.splits_from_frame(frame, ["negative", "positive"], source="mine.csv")
+    summary, flagged = dataprep.file_checks(frame, splits)
+    values = summary["value"]
+    assert values["rows"] == 400 and values["PII: EMAIL replaced"] == 1
+    assert 0 < values["label issues flagged (confident learning)"] == len(flagged) < len(splits.train)
+    assert set(flagged["id"]) <= set(splits.train["id"]) and flagged["p_given_label"].is_monotonic_increasing
+    tiny = data.splits_from_frame(frame.head(40), ["negative", "positive"], source="tiny.csv")
+    summary, flagged = dataprep.file_checks(frame.head(40), tiny, folds=50)
+    assert str(summary.loc["label issues", "value"]).startswith("skipped") and flagged.empty

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nbformat
 import numpy as np
+import pytest
 from nbclient import NotebookClient
 
 from course_harness import notebooks
@@ -78,13 +79,15 @@ def three_class_file(path):
     return path
 
 
-def run_own_data(tmp_path, csv_path):
-    """Run notebook 00 in fast mode on a file of one's own, with a private cache and results folder."""
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "assets").symlink_to(config.cache_dir() / "assets")  # no second download
-    executed = tmp_path / "executed.ipynb"
+def run_own_data(tmp_path, csv_path, notebook: str = "00_finetuning"):
+    """Run a notebook in fast mode on a file of one's own, with a private cache and results folder (shared by the
+    notebooks one test runs, as a learner's own cache is)."""
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    if not (tmp_path / "cache" / "assets").exists():
+        (tmp_path / "cache" / "assets").symlink_to(config.cache_dir() / "assets")  # no second download
+    executed = tmp_path / f"{notebook}.executed.ipynb"
     result = notebooks.run_notebook(
-        ROOT / "notebooks" / "00_finetuning.ipynb",
+        ROOT / "notebooks" / f"{notebook}.ipynb",
         env={
             "COURSE_DATA": str(csv_path),
             "COURSE_FAST": "1",
@@ -118,6 +121,9 @@ def test_chapter_00_runs_on_a_three_class_semicolon_file(tmp_path):
     if figures["predicted_classes"] == 1:  # never silent: the diagnosis names it
         assert "for every test example" in figures["verdict"]
     assert "Text" not in printed(nb, "health = datahealth.health_report")
+    _, nb01 = run_own_data(tmp_path, tmp_path / "reviews.csv", "01_data_preparation")  # section 10 on the file
+    checks = printed(nb01, "dataprep.file_checks(")
+    assert "label issues flagged" in checks and "PII: EMAIL replaced" in checks
 
 
 def test_chapter_00_on_long_e_mails_adapts_and_beats_tf_idf(tmp_path):
@@ -131,3 +137,12 @@ def test_chapter_00_on_long_e_mails_adapts_and_beats_tf_idf(tmp_path):
     assert "Only 1" in printed(nb, "coverage > 0.98") and "26% of texts are longer" in printed(nb, "health = ")
     assert figures["verdict"] == "beats TF-IDF by more than one standard error", printed(nb, "recipe.diagnose")
     assert 0.95 <= figures["test_accuracy"] <= 0.99 and figures["predicted_classes"] == 2
+    # chapter 02, part 2 on the same e-mails, with the model chapter 00 just trained (the same cache)
+    private, nb02 = run_own_data(tmp_path, assets.spam_assassin_csv(), "02_private_fine_tuning")
+    assert private.figures["data"] == str(assets.spam_assassin_csv()) and private.figures["claims"] >= 10
+    assert "findings hold on your data" in printed(nb02, "claims = claim.table()")
+    assert private.figures["ch00_accuracy"] == pytest.approx(figures["test_accuracy"], abs=0.03)  # 500 of its test rows
+    # chapter 03 on the same e-mails: one client per corpus folder (each folder is all ham or all spam)
+    _, nb03 = run_own_data(tmp_path, assets.spam_assassin_csv(), "03_federated_learning")
+    federated_out = printed(nb03, "m_parts, m_names = federated.partition_by_group")
+    assert "one client per value of your group column (5 groups)" in federated_out and "FedAvg" in federated_out

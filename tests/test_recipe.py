@@ -29,20 +29,10 @@ def test_the_movie_data_keeps_its_recipe_and_its_cache_key(movie):
     assert store.key(cfg) == store.key(dataclasses.replace(cfg, class_weights=None))
     assert store.key(cfg) != store.key(dataclasses.replace(cfg, class_weights=(1.0, 2.0)))
 
-    @dataclasses.dataclass(frozen=True)
-    class TrainConfig:  # the fields before class_weights existed, under the same name
-        max_length: int = 64
-        batch_size: int = 32
-        lr: float = 5e-5
-        epochs: int = 2
-        warmup_ratio: float = 0.06
-        weight_decay: float = 0.01
-        seed: int = 123
-        train_size: int | None = None
-        save_every: int = 100
-
-    TrainConfig.__qualname__ = "TrainConfig"  # store.key hashes the qualified name
-    legacy = TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+    fields = [(f.name, f.type, f.default) for f in dataclasses.fields(cfg) if f.name != "class_weights"]
+    old = dataclasses.make_dataclass("TrainConfig", fields, frozen=True)  # the fields before class_weights existed
+    old.__qualname__ = "TrainConfig"  # store.key hashes the qualified name
+    legacy = old(**{name: getattr(cfg, name) for name, _, _ in fields})
     assert store.key(legacy) == store.key(cfg)
 
 
@@ -193,6 +183,6 @@ def test_every_notebook_says_which_data_it_runs_on(tmp_path, monkeypatch, capsys
     assert owndata.chapter_splits("00_finetuning").source == str(mine)
     assert owndata.chapter_splits("04_compression").source == "movie"
     out = capsys.readouterr().out
-    assert f"your file {mine}" in out and "not your file mine.csv: its figures" in out
+    assert f"your file {mine}" in out and "not your file mine.csv: its pruning" in out
     with pytest.raises(ValueError, match="unknown chapter '04_compresion'"):
         owndata.chapter_splits("04_compresion")
