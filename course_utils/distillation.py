@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import compression, config, modeling, store
+from .evaluation import class_count
 
 PEFT_METHODS = ("lora", "adalora", "prompt", "ia3")
 LOOP_VERSION = 1  # part of every cache key here: bump it when the training loop's arithmetic changes
@@ -299,8 +300,8 @@ def peft_finetune(
 
     def build():
         torch.manual_seed(recipe.seed)
-        num_labels = max(2, int(frame["label"].max()) + 1)
-        return get_peft_model(modeling.load_model(num_labels=num_labels), peft_config(method, rank, steps))
+        model = modeling.load_model(num_labels=class_count(frame["label"]))
+        return get_peft_model(model, peft_config(method, rank, steps))
 
     def train(model):
         hook = None

@@ -41,6 +41,11 @@ class EvalResult:
         return {"accuracy": round(self.accuracy, 4), "f1": round(self.f1, 4)}
 
 
+def class_count(labels) -> int:
+    """Outputs a classifier head needs for labels 0..C-1 (at least two)."""
+    return max(2, int(np.max(np.asarray(labels))) + 1)
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> EvalResult:
     """Accuracy, macro F1 and the confusion matrix (scikit-learn) from labels and probabilities."""
     labels, probs = np.asarray(labels), np.asarray(probs)

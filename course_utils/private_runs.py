@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from . import config, privacy, store
+from .evaluation import class_count
 from .frozen import Features
 from .modeling import encoder_identity
 from .private_training import DPConfig, PrivateRun, train_private
@@ -62,9 +63,11 @@ def train_cached(
         store.write_dir(folder, write)
         return run
     meta = json.loads((folder / "run.json").read_text())
-    classes = max(2, int(train.labels.max()) + 1)  # as train_private built it
     model = TopClassifier.from_pretrained(
-        cfg.frozen_layers, encoder=encoder, lora_rank=cfg.lora_rank, num_labels=classes
+        cfg.frozen_layers,
+        encoder=encoder,
+        lora_rank=cfg.lora_rank,
+        num_labels=class_count(train.labels),  # as train_private built it
     )
     model.load_state_dict(load_file(folder / "model.safetensors"))
     model.to(config.device()).eval()

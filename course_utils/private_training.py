@@ -23,6 +23,7 @@ from opacus import PrivacyEngine
 from tqdm.auto import tqdm
 
 from . import config, privacy
+from .evaluation import class_count
 from .frozen import Features
 from .topmodel import TopClassifier, check_lora_rank
 
@@ -126,9 +127,8 @@ def train_private(train: Features, cfg: DPConfig, progress: bool = True, encoder
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training examples; lower it")
     delta = cfg.delta if cfg.delta is not None else privacy.default_delta(n)
     where = config.device()
-    classes = max(2, int(train.labels.max()) + 1)  # your data may have more than two
     model = TopClassifier.from_pretrained(
-        cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank, num_labels=classes
+        cfg.frozen_layers, encoder=encoder, seed=cfg.seed, lora_rank=cfg.lora_rank, num_labels=class_count(train.labels)
     ).to(where)
     model.train()  # Opacus wants train mode before make_private
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)

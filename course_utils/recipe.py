@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import assets, config
-from .data import Splits, subsample
+from .data import Splits, course_splits, subsample
 from .evaluation import EvalResult
 from .modeling import TrainConfig, default_config, load_tokenizer, token_lengths
 
@@ -144,8 +144,6 @@ def adapt_recipe(
 
 def course_recipe(splits: Splits | None = None, fast: bool | None = None) -> TrainConfig:
     """The configuration chapter 00 trains the course model with, for these splits (default: the course's)."""
-    from .data import course_splits
-
     return adapt_recipe(splits or course_splits(), fast).config
 
 
