@@ -24,7 +24,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from . import assets, config, store
 
@@ -39,6 +39,7 @@ LABEL_RULE = "label = 1 if the mean human rating > 0, 0 if < 0; rating == 0 is d
 SPLIT_RESOURCE = "splits/movie.json"  # package data inside course_utils, so an installed course finds it
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SEED = 20261128
+GROUP_SPLIT_MIN = 20  # a `group` column with at least this many values splits whole groups (no user in two splits)
 NEAR_DUPLICATE_CHARS = 2000  # near duplicates compare openings: the movie sentences are under 300
 NEAR_DUPLICATE_COSINE = 0.9
 
@@ -52,6 +53,7 @@ class Splits:
     test: pd.DataFrame
     label_names: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
     source: str = "movie"
+    split_by: str = "rows"  # "groups" when whole values of a `group` column went to one split each
 
     def sizes(self) -> dict[str, int]:
         """Rows per split."""
@@ -170,16 +172,46 @@ def stratified_split(
         raise ValueError(f"split fractions must be positive and sum to 1, got {fractions}")
     groups = duplicate_groups(list(frame["text"]))
     keep = frame[~pd.Series(groups).duplicated().values]
+    dropped = sorted(set(frame["id"]) - set(keep["id"]))
+    by_group = group_split(keep, seed, fractions)
+    if by_group is not None:
+        return {**by_group, "duplicates_dropped": dropped, "split_by": "groups"}
     rest_size = fractions[1] + fractions[2]
     train, rest = train_test_split(keep, test_size=rest_size, stratify=keep["label"], random_state=seed)
     val, test = train_test_split(rest, test_size=fractions[2] / rest_size, stratify=rest["label"], random_state=seed)
-    dropped = sorted(set(frame["id"]) - set(keep["id"]))
     return {
         "train": list(train["id"]),
         "validation": list(val["id"]),
         "test": list(test["id"]),
         "duplicates_dropped": dropped,
     }
+
+
+def group_split(
+    frame: pd.DataFrame, seed: int = SPLIT_SEED, fractions: tuple[float, float, float] = SPLIT_FRACTIONS
+) -> dict[str, list[str]] | None:
+    """Ids per split with each value of the `group` column in one split only (stratified by label as far as whole
+    groups allow), or None when there is no such column, fewer than GROUP_SPLIT_MIN groups, or a split would miss a
+    class. A row without a group is a group of its own."""
+    if "group" not in frame or frame["group"].nunique() < GROUP_SPLIT_MIN:
+        return None
+    folds = max(3, round(1 / min(fractions[1], fractions[2])))
+    group = frame["group"].where(frame["group"].notna(), "row:" + frame["id"].astype(str)).to_numpy()
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    fold_of = np.empty(len(frame), dtype=int)
+    for k, (_, held) in enumerate(splitter.split(frame, frame["label"], group)):
+        fold_of[held] = k
+    n_val = max(1, round(fractions[1] * folds))
+    n_test = max(1, round(fractions[2] * folds))
+    parts = {
+        "test": frame[fold_of < n_test],
+        "validation": frame[(fold_of >= n_test) & (fold_of < n_test + n_val)],
+        "train": frame[fold_of >= n_test + n_val],
+    }
+    classes = set(frame["label"])
+    if any(set(part["label"]) != classes for part in parts.values()):
+        return None  # groups too lopsided to give every split every class: rows are split instead
+    return {name: list(parts[name]["id"]) for name in ("train", "validation", "test")}
 
 
 def split_spec() -> dict:
@@ -403,7 +435,8 @@ def _optional_value(path: Path, number: int, record: dict, column: str) -> objec
 
 
 def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str, seed: int = SPLIT_SEED) -> Splits:
-    """Stratified 80/10/10 splits of any frame with id, text and label columns."""
+    """Stratified 80/10/10 splits of any frame with id, text and label columns (whole groups per split when a
+    `group` column has GROUP_SPLIT_MIN values or more: see group_split)."""
     counts = frame["label"].value_counts()
     if counts.min() < 5:
         raise ValueError(
@@ -413,7 +446,7 @@ def splits_from_frame(frame: pd.DataFrame, label_names: list[str], source: str, 
     ids = stratified_split(frame, seed=seed)
     indexed = frame.set_index("id")
     parts = [indexed.loc[ids[name]].reset_index() for name in ("train", "validation", "test")]
-    return Splits(*parts, label_names=label_names, source=source)
+    return Splits(*parts, label_names=label_names, source=source, split_by=ids.get("split_by", "rows"))
 
 
 def online_splits() -> Splits:

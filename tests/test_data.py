@@ -228,3 +228,43 @@ def test_optional_group_rating_and_domain_columns_are_kept(tmp_path):
         tmp_path, "mine.jsonl", '{"text": "a", "label": "x", "Domain": "mail"}\n{"text": "b", "label": "y"}\n'
     )
     assert data.load_text_file(jsonl)["domain"].tolist()[0] == "mail"
+
+
+def _grouped_file(tmp_path, movie, n_groups: int):
+    """Movie sentences written as if by `n_groups` users (five or more each, both labels mixed)."""
+    sample = data.subsample(movie, 400, seed=4).reset_index(drop=True)
+    users = [f"user{i % n_groups}" for i in range(len(sample))]
+    path = tmp_path / f"users{n_groups}.csv"
+    sample.assign(group=users, label=np.where(sample["label"] == 1, "pos", "neg"))[["text", "label", "group"]].to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_many_groups_split_whole_groups_few_groups_split_rows(tmp_path, monkeypatch, movie, capsys):
+    from course_utils import owndata
+
+    monkeypatch.setenv("COURSE_DATA", str(_grouped_file(tmp_path, movie, 40)))
+    splits = owndata.chapter_splits("00_finetuning")
+    users = [set(getattr(splits, name)["group"]) for name in ("train", "validation", "test")]
+    assert splits.split_by == "groups" and not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
+    assert sum(map(len, users)) == 40 and 0.7 < len(splits.train) / sum(splits.sizes().values()) < 0.9
+    assert all(set(getattr(splits, n)["label"]) == {0, 1} for n in ("train", "validation", "test"))
+    assert "split by your group column: 40 groups, each in one split only" in capsys.readouterr().out
+    assert data.course_splits().fingerprint() == splits.fingerprint()  # the same split every time
+    monkeypatch.setenv("COURSE_DATA", str(_grouped_file(tmp_path, movie, 5)))  # like the e-mail folders
+    few = data.course_splits()
+    assert few.split_by == "rows" and set(few.train["group"]) & set(few.test["group"])
+
+
+def test_groups_that_cannot_give_every_split_every_class_split_rows(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(200)],
+            "text": [f"note number {i}" for i in range(200)],
+            "label": [0] * 190 + [1] * 10,
+            "group": [f"g{i // 5}" for i in range(200)],
+        }
+    )
+    assert data.group_split(frame) is None  # the 10 positives are two groups: at most two splits can have them
+    assert data.group_split(frame.drop(columns="group")) is None
