@@ -233,7 +233,7 @@ CARD_TEMPLATE = """---
 
 # {{ title }}
 
-A sentiment classifier (negative / positive) trained in the Trustworthy LLM Engineering course. Every figure on
+A {{ kind }} ({{ classes }}) trained in the Trustworthy LLM Engineering course. Every figure on
 this card comes from the course's own runs.
 
 ## Model details
@@ -324,6 +324,9 @@ def _check_privacy(epsilon: object, delta: object, accountant: str) -> None:
         raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
 
 
+SENTIMENT_CLASSES = ("negative", "positive")
+
+
 @dataclass(frozen=True)
 class CardFacts:
     """What the model card states (chapter 07); checked on construction, each error one line."""
@@ -344,6 +347,7 @@ class CardFacts:
     license: str = "mit"
     accountant: str = "rdp"  # the accountant that gave privacy_epsilon: "rdp" or "prv"
     files: tuple[str, ...] = ("model.safetensors",)
+    classes: tuple[str, ...] = SENTIMENT_CLASSES  # the model's class names, in output order
 
     def __post_init__(self) -> None:
         for name in ("model_name", "base_model", "dataset", "intended_use", "license"):
@@ -364,6 +368,8 @@ class CardFacts:
             )
         if not self.limitations or not all(isinstance(item, str) and item.strip() for item in self.limitations):
             raise ValueError(f"limitations must list at least one non-empty sentence, got {self.limitations!r}")
+        if len(self.classes) < 2 or not all(isinstance(item, str) and item.strip() for item in self.classes):
+            raise ValueError(f"classes must name at least two classes, got {self.classes!r}; pass the label names")
         if not self.files or not all(isinstance(item, str) and item for item in self.files):
             raise ValueError(f"files must name at least one file, got {self.files!r}; e.g. ('model.safetensors',)")
 
@@ -412,9 +418,14 @@ def _card_data(facts: CardFacts) -> ModelCardData:
         datasets=[facts.dataset],
         metrics=list(facts.metrics),
         model_name=facts.model_name,
-        tags=["sentiment", "trustworthy-llm-course"],
+        tags=["sentiment", "trustworthy-llm-course"] if is_sentiment(facts) else ["trustworthy-llm-course"],
         eval_results=results,
     )
+
+
+def is_sentiment(facts: CardFacts) -> bool:
+    """Whether the card is the course's sentiment model's (negative / positive) rather than a model of your labels."""
+    return tuple(facts.classes) == SENTIMENT_CLASSES
 
 
 def model_card(facts: CardFacts) -> ModelCard:
@@ -424,6 +435,8 @@ def model_card(facts: CardFacts) -> ModelCard:
         _card_data(facts),
         template_str=CARD_TEMPLATE,
         title=facts.model_name,
+        kind="sentiment classifier" if is_sentiment(facts) else "text classifier",
+        classes=" / ".join(facts.classes),
         base=facts.base_model,
         sha256=facts.sha256.lower(),
         files=", ".join(f"`{name}`" for name in facts.files),

@@ -301,6 +301,14 @@ def test_model_card_without_privacy_variants_or_robustness_gaps(facts: tracking.
     assert "PRV accountant" in tracking.model_card(prv).text
 
 
+def test_model_card_names_your_classes_and_drops_the_sentiment_tag(facts: tracking.CardFacts) -> None:
+    assert "A sentiment classifier (negative / positive)" in tracking.model_card(facts).text
+    assert "sentiment" in tracking.model_card(facts).data.tags
+    yours = tracking.model_card(dataclasses.replace(facts, classes=("billing", "outage", "other")))
+    assert "A text classifier (billing / outage / other)" in yours.text and "sentiment classifier" not in yours.text
+    assert yours.data.tags == ["trustworthy-llm-course"]
+
+
 def test_save_card_writes_atomically(facts: tracking.CardFacts, tmp_path: Path) -> None:
     card = tracking.model_card(facts)
     target = tracking.save_card(card, tmp_path / "model" / "README.md")
@@ -329,6 +337,7 @@ def test_save_card_writes_atomically(facts: tracking.CardFacts, tmp_path: Path) 
         ({"variants": [{"variant": "x", "speed": 2}]}, "a variant row must be a dict with keys among"),
         ({"variants": [{"variant": "x", "accuracy": 2}]}, r"variant 'x' accuracy must be a number in \[0, 1\]"),
         ({"accountant": "gdp"}, "accountant must be one of rdp, prv, got 'gdp'"),
+        ({"classes": ("spam",)}, r"classes must name at least two classes, got \('spam',\)"),
     ],
 )
 def test_bad_facts_get_one_line(facts: tracking.CardFacts, change: dict, message: str) -> None:
