@@ -20,20 +20,26 @@ YOUR_DATA = {
     "on the movie data are measured on yours and listed at the end",
     "03_federated_learning": "sections 1-10 use the course's clients (movies, domains, label-skewed shards); section "
     "11 federates your file, one client per value of its `group` column",
+    "04_compression": "pruning, quantization and ONNX export of chapter 00's model of your file, at its max_length; "
+    "the exported files and the table go to a folder of their own (chapter 07 serves the movie model's), and the "
+    "findings asserted on the movie data are measured on yours and listed at the end",
+    "04_peft": "LoRA, AdaLoRA, prompt tuning and (IA)3 trained on your file with chapter 00's adapted recipe and "
+    "compared with its full fine-tuning; the findings asserted on the movie data are listed at the end",
+    "05_explainability": "attention, Integrated Gradients, LIME, SHAP and their faithfulness on your test texts (the "
+    "openings of long ones); the sentiment edits, activation patching and the VADER lexicon run only when your "
+    "labels are negative and positive",
+    "07_deployment": "chapter 00's model of your file exported, checked and served at its max_length (texts cut to the "
+    "service's character limit), load-tested and fault-tested; its model card names your file and asks you to "
+    "describe its use",
 }
 NOT_YET = "its asserted bands are calibrated on the movie data and its own-data path is not built yet"
 MOVIE_ONLY = {
     "02_differential_privacy": "it builds DP-SGD and its accountant step by step on the course's data; part 2 "
     "(02_private_fine_tuning) trains privately and audits on your file",
-    "04_compression": "its pruning, quantization and ONNX export run at the movie recipe's 64-token inputs and "
-    "its bands are the movie model's; threading your max_length through them is " + "not built yet",
-    "04_distillation": "its students' recipes were tuned on the movie data; " + NOT_YET,
-    "04_peft": "its LoRA and adapter runs are compared with the movie recipe; " + NOT_YET,
-    "05_explainability": "its explanations are checked against a sentiment word list (positive and negative words) "
-    "that your labels need not share",
+    "04_distillation": "its students' recipes were tuned on the movie data and its unlabelled text is the corpus's "
+    "other domains; " + NOT_YET,
     "06_domain_shift": "its domains are the corpus's four sentiment sets (movies, products, editorials, tweets)",
     "06_robustness": "its attacks and checks use sentiment words and negation, which assume sentiment labels",
-    "07_deployment": "it serves chapter 04's exported movie model, whose model card describes that data; " + NOT_YET,
     "08_generative_llm": "it studies a generative model on the course's sentences, with canaries it inserts itself",
     "08_grounded_answers": "its retrieval passages and questions are about the movie corpus",
 }
@@ -64,7 +70,14 @@ def announce(chapter: str) -> bool:
 def chapter_splits(chapter: str, verbose: bool = True) -> Splits:
     """The splits a chapter runs on: your file's where the chapter supports it, else the course's, saying why."""
     own = announce(chapter) if verbose else supports_own_data(chapter)
-    return course_splits(own=own)
+    splits = course_splits(own=own)
+    if verbose and splits.split_by == "groups":
+        groups = {name: set(getattr(splits, name)["group"].dropna()) for name in ("train", "validation", "test")}
+        print(
+            f"split by your group column: {len(set().union(*groups.values()))} groups, each in one split only "
+            f"(train {len(groups['train'])}, validation {len(groups['validation'])}, test {len(groups['test'])})"
+        )
+    return splits
 
 
 class Claims:

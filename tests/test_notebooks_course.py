@@ -126,6 +126,28 @@ def test_chapter_00_runs_on_a_three_class_semicolon_file(tmp_path):
     assert "label issues flagged" in checks and "PII: EMAIL replaced" in checks
 
 
+def test_compression_explanations_and_service_run_on_a_three_class_file(tmp_path):
+    """Chapters 04 (compression, PEFT), 05 and 07 on the 3-class file with chapter 00's model of it: each runs end
+    to end, keeps its exports and tables out of the movie model's, and lists (not asserts) the movie findings."""
+    csv = three_class_file(tmp_path / "reviews.csv")
+    run_own_data(tmp_path, csv)  # chapter 00 trains the 3-class model these chapters load from the cache
+    compressed, nb04 = run_own_data(tmp_path, csv, "04_compression")
+    assert compressed.figures["data"] == str(csv) and compressed.figures["claims"] >= 8
+    assert "compression-" in printed(nb04, "saved = WORK") and "findings hold on your data" in printed(
+        nb04, "claims = claim.table()"
+    )
+    assert not (tmp_path / "cache" / "compression" / "table.json").exists()  # the movie table is left alone
+    peft, _ = run_own_data(tmp_path, csv, "04_peft")
+    assert peft.figures["data"] == str(csv) and peft.figures["lora_share_pct"] < 2
+    explained, nb05 = run_own_data(tmp_path, csv, "05_explainability")
+    assert explained.figures["claims"] >= 6 and explained.figures["negation_flip_rate"] is None  # not sentiment
+    assert "skipped: the edits swap sentiment words" in printed(nb05, "explain.counterfactual_table")
+    served, nb07 = run_own_data(tmp_path, csv, "07_deployment")
+    assert served.figures["faults_as_documented"] == served.figures["fault_cases"]
+    card = printed(nb07, "tracking.CardFacts(")
+    assert "reviews.csv, classes mixed, negative, positive" in card and "A text classifier (mixed / negative" in card
+
+
 def test_chapter_00_on_long_e_mails_adapts_and_beats_tf_idf(tmp_path):
     """The long-text own-data case: 5,909 SpamAssassin e-mails (median 309 tokens, 26% over the model's 512),
     ham 2.3x spam. Fast mode caps max_length at 128 on a CPU, weights the classes and says so; the model must
@@ -146,3 +168,4 @@ def test_chapter_00_on_long_e_mails_adapts_and_beats_tf_idf(tmp_path):
     _, nb03 = run_own_data(tmp_path, assets.spam_assassin_csv(), "03_federated_learning")
     federated_out = printed(nb03, "m_parts, m_names = federated.partition_by_group")
     assert "one client per value of your group column (5 groups)" in federated_out and "FedAvg" in federated_out
+    assert "DP-FedAvg over these 5 clients" in federated_out and "the guarantee is weak" in federated_out  # 5 users
