@@ -28,6 +28,9 @@ YOUR_DATA = {
     "05_explainability": "attention, Integrated Gradients, LIME, SHAP and their faithfulness on your test texts (the "
     "openings of long ones); the sentiment edits, activation patching and the VADER lexicon run only when your "
     "labels are negative and positive",
+    "06_robustness": "the typo and word-swap attacks (on the first 40 words of each test text), PGD, adversarial "
+    "training, the corrector and the noise curve on chapter 00's model of your file; the lexicon check of section 4 "
+    "runs only when your labels are negative and positive",
     "07_deployment": "chapter 00's model of your file exported, checked and served at its max_length (texts cut to the "
     "service's character limit), load-tested and fault-tested; its model card names your file and asks you to "
     "describe its use",
@@ -38,8 +41,8 @@ MOVIE_ONLY = {
     "(02_private_fine_tuning) trains privately and audits on your file",
     "04_distillation": "its students' recipes were tuned on the movie data and its unlabelled text is the corpus's "
     "other domains; " + NOT_YET,
-    "06_domain_shift": "its domains are the corpus's four sentiment sets (movies, products, editorials, tweets)",
-    "06_robustness": "its attacks and checks use sentiment words and negation, which assume sentiment labels",
+    "06_domain_shift": "its domains are the corpus's four sentiment sets (movies, products, editorials, tweets); a "
+    "`domain` column in your file is kept but not used here yet",
     "08_generative_llm": "it studies a generative model on the course's sentences, with canaries it inserts itself",
     "08_grounded_answers": "its retrieval passages and questions are about the movie corpus",
 }

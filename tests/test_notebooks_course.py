@@ -126,8 +126,8 @@ def test_chapter_00_runs_on_a_three_class_semicolon_file(tmp_path):
     assert "label issues flagged" in checks and "PII: EMAIL replaced" in checks
 
 
-def test_compression_explanations_and_service_run_on_a_three_class_file(tmp_path):
-    """Chapters 04 (compression, PEFT), 05 and 07 on the 3-class file with chapter 00's model of it: each runs end
+def test_compression_explanations_attacks_and_service_run_on_a_three_class_file(tmp_path):
+    """Chapters 04 (compression, PEFT), 05, 06 (attacks) and 07 on the 3-class file with chapter 00's model of it: each runs end
     to end, keeps its exports and tables out of the movie model's, and lists (not asserts) the movie findings."""
     csv = three_class_file(tmp_path / "reviews.csv")
     run_own_data(tmp_path, csv)  # chapter 00 trains the 3-class model these chapters load from the cache
@@ -142,6 +142,9 @@ def test_compression_explanations_and_service_run_on_a_three_class_file(tmp_path
     explained, nb05 = run_own_data(tmp_path, csv, "05_explainability")
     assert explained.figures["claims"] >= 6 and explained.figures["negation_flip_rate"] is None  # not sentiment
     assert "skipped: the edits swap sentiment words" in printed(nb05, "explain.counterfactual_table")
+    attacked, nb06 = run_own_data(tmp_path, csv, "06_robustness")
+    assert attacked.figures["data"] == str(csv) and attacked.figures["claims"] >= 10
+    assert "skipped: VADER reads sentiment" in printed(nb06, "robustness.sentiment_kept(")
     served, nb07 = run_own_data(tmp_path, csv, "07_deployment")
     assert served.figures["faults_as_documented"] == served.figures["fault_cases"]
     card = printed(nb07, "tracking.CardFacts(")

@@ -181,8 +181,8 @@ def test_every_notebook_says_which_data_it_runs_on(tmp_path, monkeypatch, capsys
     )
     monkeypatch.setenv("COURSE_DATA", str(mine))
     assert owndata.chapter_splits("00_finetuning").source == str(mine)
-    assert owndata.chapter_splits("06_robustness").source == "movie"
+    assert owndata.chapter_splits("06_domain_shift").source == "movie"
     out = capsys.readouterr().out
-    assert f"your file {mine}" in out and "not your file mine.csv: its attacks" in out
+    assert f"your file {mine}" in out and "not your file mine.csv: its domains" in out
     with pytest.raises(ValueError, match="unknown chapter '04_compresion'"):
         owndata.chapter_splits("04_compresion")
