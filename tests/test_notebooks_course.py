@@ -127,8 +127,9 @@ def test_chapter_00_runs_on_a_three_class_semicolon_file(tmp_path):
 
 
 def test_compression_explanations_attacks_and_service_run_on_a_three_class_file(tmp_path):
-    """Chapters 04 (compression, PEFT), 05, 06 (attacks) and 07 on the 3-class file with chapter 00's model of it: each runs end
-    to end, keeps its exports and tables out of the movie model's, and lists (not asserts) the movie findings."""
+    """Chapters 04 (compression, PEFT), 05, 06 (attacks) and 07 on the 3-class file with chapter 00's model of it:
+    each runs end to end, keeps its exports and tables out of the movie model's, and lists (not asserts) the movie
+    findings."""
     csv = three_class_file(tmp_path / "reviews.csv")
     run_own_data(tmp_path, csv)  # chapter 00 trains the 3-class model these chapters load from the cache
     compressed, nb04 = run_own_data(tmp_path, csv, "04_compression")
